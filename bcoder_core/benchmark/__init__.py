@@ -1,0 +1,1 @@
+"""bcoder_core.benchmark"""

@@ -1,0 +1,1 @@
+"""Typer entrypoints: the `bcoder` command. One module per group of commands."""
