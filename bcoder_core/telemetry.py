@@ -1,0 +1,320 @@
+"""Prometheus metrics of every stage (DESIGN §6).
+
+All metrics live in one dedicated :data:`REGISTRY` (plus the standard process and platform
+collectors), never in prometheus-client's global default registry, so tests can read exact values
+with ``REGISTRY.get_sample_value(name, labels)`` and nothing else in the process leaks in.
+
+Rank 0 of a training job calls :func:`serve` once; Prometheus scrapes ``/metrics`` on the port
+named ``metrics`` (default 9090, see ``k8s/monitoring/podmonitor.yaml``). Every ``record_*``
+call is a few dictionary look-ups and additions under a lock, so stages call them unconditionally
+(on every rank, served or not).
+
+Conventions: one prefix ``bcoder_``; base units (``_seconds``, ``_bytes``); counters end in
+``_total``; labels come only from ``stage`` (sft, phi, theta, sample, annotate, rank, execute,
+evaluate, data, pipeline, ...), ``term`` (loss term) and ``verdict`` (DESIGN §3.3) — never a
+problem id, sample id or anything else unbounded.
+
+Exported metric families (``METRIC_NAMES`` lists them; the monitoring rules and the dashboard may
+use only these, which ``tests/test_monitoring.py`` checks):
+
+=============================================  =========  ===============  ==========================
+name                                           type       labels           set by
+=============================================  =========  ===============  ==========================
+bcoder_steps_total                             counter    stage            record_step
+bcoder_tokens_total                            counter    stage            record_step
+bcoder_step_duration_seconds                   histogram  stage            record_step
+bcoder_loss                                    gauge      stage, term      record_step (last value)
+bcoder_q_mean                                  gauge      stage            record_step
+bcoder_v_mean                                  gauge      stage            record_step
+bcoder_advantage_mean                          gauge      stage            record_step
+bcoder_grad_norm                               gauge      stage            record_step
+bcoder_learning_rate                           gauge      stage            record_step
+bcoder_gpu_memory_allocated_bytes              gauge      -                record_step (CUDA only)
+bcoder_gpu_memory_reserved_bytes               gauge      -                record_step (CUDA only)
+bcoder_gpu_memory_peak_allocated_bytes         gauge      -                record_step (CUDA only)
+bcoder_programs_executed_total                 counter    verdict          record_execution
+bcoder_execution_duration_seconds              histogram  verdict          record_execution
+bcoder_samples_generated_total                 counter    -                record_samples
+bcoder_checkpoint_save_duration_seconds        histogram  stage            record_checkpoint
+                                                                           (``_count``: saves)
+bcoder_stage_running                           gauge      stage            1 from record_stage_started
+                                                                           or the first step, 0 at the end
+bcoder_stage_start_time_seconds                gauge      stage            record_stage_started
+bcoder_stage_last_success_time_seconds         gauge      stage            record_stage_completed
+bcoder_stage_failures_total                    counter    stage            record_stage_failed
+bcoder_stage_last_failure_time_seconds         gauge      stage            record_stage_failed
+=============================================  =========  ===============  ==========================
+
+Times (``*_time_seconds``) are Unix timestamps in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from bcoder_core.errors import BcoderError
+
+DEFAULT_PORT = 9090
+
+disable_created_metrics()  # no *_created series: they double the series count and nothing reads them
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+# Step times range from ~10 ms (tiny CPU model) to tens of seconds (CodeT5-large, long sequences).
+_STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
+# One program's execution: most finish in well under a second; time-outs sit at the limit (4 s default).
+_EXEC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# Checkpoint saves: a tiny model in well under a second, CodeT5-large + optimiser to S3 in minutes.
+_CKPT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+STEPS = Counter("bcoder_steps", "Optimiser steps taken.", ["stage"], registry=REGISTRY)
+TOKENS = Counter(
+    "bcoder_tokens", "Program (target) tokens processed by optimiser steps.", ["stage"], registry=REGISTRY
+)
+STEP_DURATION = Histogram(
+    "bcoder_step_duration_seconds",
+    "Wall time of one optimiser step (including gradient accumulation).",
+    ["stage"],
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+LOSS = Gauge(
+    "bcoder_loss",
+    "Loss of the last step, per term (total, td, adv, ce, ...).",
+    ["stage", "term"],
+    registry=REGISTRY,
+)
+Q_MEAN = Gauge(
+    "bcoder_q_mean", "Mean Q(s_t, a_t) over the tokens of the last step.", ["stage"], registry=REGISTRY
+)
+V_MEAN = Gauge("bcoder_v_mean", "Mean V(s_t) over the tokens of the last step.", ["stage"], registry=REGISTRY)
+ADV_MEAN = Gauge(
+    "bcoder_advantage_mean",
+    "Mean advantage A(s_t, a_t) over the tokens of the last step.",
+    ["stage"],
+    registry=REGISTRY,
+)
+GRAD_NORM = Gauge(
+    "bcoder_grad_norm",
+    "Global gradient norm of the last step (before clipping).",
+    ["stage"],
+    registry=REGISTRY,
+)
+LEARNING_RATE = Gauge("bcoder_learning_rate", "Learning rate of the last step.", ["stage"], registry=REGISTRY)
+PROGRAMS_EXECUTED = Counter(
+    "bcoder_programs_executed", "Programs executed, by verdict.", ["verdict"], registry=REGISTRY
+)
+EXECUTION_DURATION = Histogram(
+    "bcoder_execution_duration_seconds",
+    "Wall time to execute one program against its tests, by verdict.",
+    ["verdict"],
+    buckets=_EXEC_BUCKETS,
+    registry=REGISTRY,
+)
+SAMPLES = Counter("bcoder_samples_generated", "Programs generated by sampling.", registry=REGISTRY)
+CHECKPOINT_DURATION = Histogram(
+    "bcoder_checkpoint_save_duration_seconds",
+    "Wall time of one checkpoint save (write and publish); the _count series counts saves.",
+    ["stage"],
+    buckets=_CKPT_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_RUNNING = Gauge(
+    "bcoder_stage_running", "1 while the stage runs in this process, else 0.", ["stage"], registry=REGISTRY
+)
+STAGE_START = Gauge(
+    "bcoder_stage_start_time_seconds",
+    "Unix time the stage started in this process.",
+    ["stage"],
+    registry=REGISTRY,
+)
+STAGE_SUCCESS = Gauge(
+    "bcoder_stage_last_success_time_seconds",
+    "Unix time the stage last completed successfully.",
+    ["stage"],
+    registry=REGISTRY,
+)
+STAGE_FAILURES = Counter(
+    "bcoder_stage_failures", "Stage runs that ended in an error.", ["stage"], registry=REGISTRY
+)
+STAGE_FAILURE_TIME = Gauge(
+    "bcoder_stage_last_failure_time_seconds", "Unix time the stage last failed.", ["stage"], registry=REGISTRY
+)
+
+
+_GPU_HELP = {
+    "bcoder_gpu_memory_allocated_bytes": "CUDA memory held by tensors on this process's device.",
+    "bcoder_gpu_memory_reserved_bytes": "CUDA memory reserved by PyTorch's caching allocator.",
+    "bcoder_gpu_memory_peak_allocated_bytes": "Peak CUDA memory held by tensors since the start.",
+}
+
+
+class _GpuMemoryCollector:
+    """CUDA memory of this process's device, exported only once a step ran with CUDA initialised."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc) for name, doc in _GPU_HELP.items()]
+
+    def collect(self):
+        values = dict(self.values)
+        return [
+            GaugeMetricFamily(name, doc, value=values[name])
+            for name, doc in _GPU_HELP.items()
+            if name in values
+        ]
+
+
+_GPU = _GpuMemoryCollector()
+REGISTRY.register(_GPU)
+
+#: Every ``bcoder_*`` metric family this module exports (histograms expose _bucket/_sum/_count,
+#: counters end in _total on the wire).
+METRIC_NAMES: tuple[str, ...] = tuple(
+    sorted({m.name for m in REGISTRY.collect() if m.name.startswith("bcoder_")} | set(_GPU_HELP))
+)
+
+_server_lock = threading.Lock()
+_server: tuple[object, int] | None = None  # (http server, bound port)
+
+
+def serve(port: int = DEFAULT_PORT, addr: str = "0.0.0.0") -> int:
+    """Serve ``/metrics`` of :data:`REGISTRY` over HTTP in a daemon thread; return the bound port.
+
+    Idempotent: later calls return the port of the server already running (whatever ``port`` they
+    ask for). Only rank 0 serves: under ``torchrun`` (``RANK`` set and not 0) this does nothing and
+    returns 0. ``port=0`` binds a free port (tests). A port in use is a one-line ``BcoderError``.
+    """
+    global _server
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return 0
+    with _server_lock:
+        if _server is not None:
+            return _server[1]
+        try:
+            httpd, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+        except OSError as exc:
+            raise BcoderError(f"metrics server on {addr}:{port}: {exc.strerror or exc}") from None
+        bound = int(httpd.server_port)
+        _server = (httpd, bound)
+        return bound
+
+
+def record_step(
+    stage: str,
+    *,
+    tokens: int,
+    seconds: float,
+    losses: dict[str, float],
+    q_mean: float | None = None,
+    v_mean: float | None = None,
+    adv_mean: float | None = None,
+    grad_norm: float | None = None,
+    lr: float | None = None,
+) -> None:
+    """One optimiser step of ``stage``: counts it, its tokens and time, and the last values.
+
+    ``losses`` maps a term name (``total``, ``td``, ``adv``, ``ce``, ...) to its value; a NaN or
+    infinite value is recorded as such (the ``BcoderLossNotFinite`` alert fires on it).
+    """
+    STEPS.labels(stage).inc()
+    TOKENS.labels(stage).inc(max(0, int(tokens)))
+    STEP_DURATION.labels(stage).observe(max(0.0, float(seconds)))
+    STAGE_RUNNING.labels(stage).set(1)
+    for term, value in losses.items():
+        LOSS.labels(stage, term).set(_as_float(value))
+    for gauge, value in (
+        (Q_MEAN, q_mean),
+        (V_MEAN, v_mean),
+        (ADV_MEAN, adv_mean),
+        (GRAD_NORM, grad_norm),
+        (LEARNING_RATE, lr),
+    ):
+        if value is not None:
+            gauge.labels(stage).set(_as_float(value))
+    _record_gpu_memory()
+
+
+def record_checkpoint(stage: str, seconds: float) -> None:
+    """One checkpoint save of ``stage`` that took ``seconds`` (write + publish)."""
+    CHECKPOINT_DURATION.labels(stage).observe(max(0.0, float(seconds)))
+
+
+def record_execution(verdict: str, seconds: float) -> None:
+    """One program executed with ``verdict`` (passed, failed, runtime_error, timeout, compile_error)."""
+    PROGRAMS_EXECUTED.labels(verdict).inc()
+    EXECUTION_DURATION.labels(verdict).observe(max(0.0, float(seconds)))
+
+
+def record_samples(n: int) -> None:
+    """``n`` programs generated by sampling."""
+    SAMPLES.inc(max(0, int(n)))
+
+
+def record_stage_started(stage: str) -> None:
+    """``stage`` starts in this process: running = 1, start time now, its step counter exported at 0.
+
+    Calling it is optional (the first ``record_step`` also marks the stage running), but it lets
+    the "training stalled" alert see a stage that hangs before its first step.
+    """
+    STAGE_RUNNING.labels(stage).set(1)
+    STAGE_START.labels(stage).set(time.time())
+    STEPS.labels(stage)  # create the series at 0
+    STAGE_FAILURES.labels(stage)
+
+
+def record_stage_completed(stage: str) -> None:
+    """``stage`` finished successfully: last-success time now, running = 0."""
+    STAGE_SUCCESS.labels(stage).set(time.time())
+    STAGE_RUNNING.labels(stage).set(0)
+
+
+def record_stage_failed(stage: str) -> None:
+    """``stage`` ended in an error: failures + 1, last-failure time now, running = 0."""
+    STAGE_FAILURES.labels(stage).inc()
+    STAGE_FAILURE_TIME.labels(stage).set(time.time())
+    STAGE_RUNNING.labels(stage).set(0)
+
+
+def _as_float(value: object) -> float:
+    try:
+        return float(value)  # tensors with one element, numpy scalars, ints
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _record_gpu_memory() -> None:
+    """CUDA memory of the current device, if torch is already loaded and CUDA is in use."""
+    torch = sys.modules.get("torch")  # never import torch here: the evaluator image has none
+    if torch is None:
+        return
+    try:
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return
+        _GPU.values = {
+            "bcoder_gpu_memory_allocated_bytes": float(torch.cuda.memory_allocated()),
+            "bcoder_gpu_memory_reserved_bytes": float(torch.cuda.memory_reserved()),
+            "bcoder_gpu_memory_peak_allocated_bytes": float(torch.cuda.max_memory_allocated()),
+        }
+    except Exception:  # metrics never break a training step
+        return
