@@ -1,0 +1,284 @@
+"""The program-side harness: runs inside the sandboxed child process, after :func:`sandbox.enter_child`.
+
+It reports on a private channel (a pipe at a descriptor number only the worker and this harness know),
+never on stdout, one JSON object per line, each carrying the job's nonce:
+
+* stdin programs (one process per test): ``{"k": "exit", "s": "ok"|"error", "e": "Type: message"}``.
+  stdout itself is captured by the worker and compared in the parent.
+* call-based programs (one process for all tests): ``{"k": "loaded"}``, then per test
+  ``{"k": "test", "i": i, "s": "ok", "v": "<the returned value as JSON>"}`` or ``"s": "error"``, then
+  ``{"k": "done"}``. The value is compared in the parent, against expected outputs this process never had.
+* assert-based programs: ``loaded``, per assertion ``"s": "ok" | "fail" | "error"``, ``done``.
+
+Semantics (DESIGN §4): stdin programs run as ``__main__`` scripts in a fresh module; ``exit()`` /
+``sys.exit(0)`` / ``sys.exit()`` end the program normally, another exit code is a runtime error;
+non-daemon threads are joined and ``atexit`` handlers run, as at the end of a real script; stdout is
+flushed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import json
+import numbers
+import os
+import sys
+import types
+
+# Imports the APPS harness puts before every program (and LeetCode/Codewars environments provide):
+# used for call-based programs always, and for stdin programs in the ``apps`` comparison mode.
+APPS_PRELUDE = (
+    "import sys\nimport time\nimport itertools\nfrom itertools import accumulate, product, permutations, "
+    "combinations\nimport collections\nfrom collections import Counter, OrderedDict, deque, defaultdict, "
+    "ChainMap\nfrom functools import lru_cache\nimport math\nfrom math import sqrt, sin, cos, tan, ceil, "
+    "fabs, floor, gcd, exp, log, log2\nimport fractions\nfrom typing import List, Tuple\n"
+    "import random\nimport heapq\nfrom heapq import *\n"
+)
+# The APPS harness also imports numpy as np; only the ``apps`` mode does (the worker then preloads it,
+# which makes every fork slower).
+APPS_PRELUDE_NUMPY = APPS_PRELUDE + "try:\n    import numpy as np\nexcept ImportError:\n    pass\n"
+
+MAX_DEPTH = 200
+
+
+class Unrepresentable(Exception):
+    pass
+
+
+def _key(k):
+    if isinstance(k, str):
+        return str(k)
+    if k is None:
+        return "null"
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    if isinstance(k, numbers.Integral):
+        return str(int(k))
+    if isinstance(k, numbers.Real):
+        return json.dumps(float(k))
+    raise Unrepresentable(f"dict key of type {type(k).__name__}")
+
+
+def to_json_value(v, depth: int = 0):
+    """A returned value as plain JSON data: tuples as lists, numbers as int/float, keys as strings.
+
+    Values with no JSON counterpart (sets, custom objects) become a tagged object that equals no
+    expected value.
+    """
+    if depth > MAX_DEPTH:
+        raise Unrepresentable("nested too deeply")
+    if v is None or v is True or v is False:
+        return v
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [to_json_value(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        return {_key(k): to_json_value(x, depth + 1) for k, x in v.items()}
+    name = type(v).__name__
+    if name == "bool_":
+        return bool(v)
+    if name == "ndarray" and hasattr(v, "tolist"):
+        return to_json_value(v.tolist(), depth + 1)
+    return {"__bcoder_unrepresentable__": name}
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        msg = str(exc)
+    except BaseException:
+        msg = "<unprintable>"
+    name = type(exc).__name__
+    text = f"{name}: {msg}" if msg else name
+    return text[:300]
+
+
+class _Channel:
+    def __init__(self, fd: int, nonce: str):
+        self._fd = fd
+        self._nonce = nonce
+
+    def send(self, **msg) -> None:
+        msg["n"] = self._nonce
+        data = (json.dumps(msg) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+
+def _setup_stdio(*, stdin_fd: int = 0) -> None:
+    sys.stdin = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(stdin_fd, "rb", closefd=False)),
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, "wb", closefd=False)), encoding="utf-8", errors="backslashreplace"
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "wb", closefd=False)),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+
+
+def _fresh_module(name: str, workdir: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__["__builtins__"] = builtins
+    mod.__file__ = os.path.join(workdir, "solution.py")
+    sys.modules[name] = mod
+    sys.argv = ["solution.py"]
+    if sys.path:
+        sys.path[0] = workdir
+    return mod
+
+
+def _finish_script() -> None:
+    """What the interpreter does at the end of a script: join threads, run atexit, flush stdout."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+
+
+def _exit_status(exc: SystemExit) -> tuple[bool, str]:
+    code = exc.code
+    if code is None or code == 0 or code is False:
+        return True, ""
+    if isinstance(code, int):
+        return False, f"SystemExit: exit status {code}"
+    with contextlib.suppress(BaseException):
+        print(code, file=sys.stderr)
+    return False, f"SystemExit: {str(code)[:200]}"
+
+
+def run_stdin(job: dict, code, prelude, chan_fd: int) -> None:
+    """One test of a stdin program: run it as ``__main__``. Never returns."""
+    chan = _Channel(chan_fd, job["nonce"])
+    status, err = "ok", ""
+    try:
+        _setup_stdio()
+        mod = _fresh_module("__main__", os.getcwd())
+        try:
+            if prelude is not None:
+                exec(prelude, mod.__dict__)
+            exec(code, mod.__dict__)
+        except SystemExit as exc:
+            ok, err = _exit_status(exc)
+            status = "ok" if ok else "error"
+        except BaseException as exc:
+            status, err = "error", _describe(exc)
+            try:
+                import traceback
+
+                traceback.print_exc()
+            except BaseException:
+                pass
+        try:
+            _finish_script()
+        except SystemExit as exc:
+            ok, err2 = _exit_status(exc)
+            if not ok and status == "ok":
+                status, err = "error", err2
+        except BaseException as exc:
+            if status == "ok":
+                status, err = "error", _describe(exc)
+        chan.send(k="exit", s=status, e=err)
+    finally:
+        os._exit(0 if status == "ok" else 1)
+
+
+def _load(job: dict, code, prelude, chan: _Channel, name: str):
+    mod = _fresh_module(name, os.getcwd())
+    if prelude is not None:
+        exec(prelude, mod.__dict__)
+    exec(code, mod.__dict__)
+    return mod
+
+
+def run_call(job: dict, code, prelude, chan_fd: int) -> None:
+    """All tests of a call-based program in one process. Never returns."""
+    chan = _Channel(chan_fd, job["nonce"])
+    try:
+        _setup_stdio()
+        fn_name = job["fn_name"]
+        try:
+            mod = _load(job, code, prelude, chan, "solution")
+            ns = mod.__dict__
+            fn = None
+            sol = ns.get("Solution")
+            if isinstance(sol, type):
+                fn = getattr(sol(), fn_name, None)
+            if fn is None:
+                fn = ns.get(fn_name)
+            if fn is None or not callable(fn):
+                chan.send(k="load_error", e=f"NameError: the program defines no function {fn_name!r}")
+                return
+        except BaseException as exc:
+            chan.send(k="load_error", e=_describe(exc))
+            return
+        chan.send(k="loaded")
+        cap = job["max_output"]
+        for i, args in enumerate(job["inputs"]):
+            try:
+                out = fn(*args) if isinstance(args, list) else fn(args)
+                try:
+                    text = json.dumps(to_json_value(out), allow_nan=True)
+                except (Unrepresentable, RecursionError, ValueError) as exc:
+                    text = json.dumps({"__bcoder_unrepresentable__": str(exc)[:100]})
+                if len(text) > cap:
+                    chan.send(k="test", i=i, s="overflow")
+                else:
+                    chan.send(k="test", i=i, s="ok", v=text)
+            except BaseException as exc:
+                chan.send(k="test", i=i, s="error", e=_describe(exc))
+        chan.send(k="done")
+    finally:
+        os._exit(0)
+
+
+def run_assert(job: dict, code, prelude, chan_fd: int, setup_code, assert_codes: list) -> None:
+    """Program, then setup, then each assertion in the same namespace. Never returns."""
+    chan = _Channel(chan_fd, job["nonce"])
+    try:
+        _setup_stdio()
+        try:
+            mod = _load(job, code, prelude, chan, "solution")
+        except BaseException as exc:
+            chan.send(k="load_error", e=_describe(exc))
+            return
+        ns = mod.__dict__
+        if setup_code is not None:
+            try:
+                exec(setup_code, ns)
+            except BaseException as exc:
+                chan.send(k="load_error", e="test setup: " + _describe(exc))
+                return
+        chan.send(k="loaded")
+        for i, snippet in enumerate(assert_codes):
+            try:
+                exec(snippet, ns)
+                chan.send(k="test", i=i, s="ok")
+            except AssertionError as exc:
+                chan.send(k="test", i=i, s="fail", e=_describe(exc))
+            except BaseException as exc:
+                chan.send(k="test", i=i, s="error", e=_describe(exc))
+        chan.send(k="done")
+    finally:
+        os._exit(0)
