@@ -274,9 +274,9 @@ def hostile_run(request, tmp_path_factory):
         samples.append({"problem_id": good_pid, "sample_id": f"good-after-{name}", "code": good_code})
     # Programs that look for what an escaped daemon/thread would have left behind in the worker's /tmp.
     probe = (
-        "import os, time\ntime.sleep(1.5)\nleft = [p for p in ('/tmp/daemon-{tag}', '/tmp/thread-{tag}') "
+        f"import os, time\ntime.sleep(1.5)\nleft = [p for p in ('/tmp/daemon-{TAG}', '/tmp/thread-{TAG}') "
         "if os.path.exists(p)]\nprint('LEFT ' + ' '.join(left) if left else 'ok')\n"
-    ).format(tag=TAG)
+    )
     samples += [{"problem_id": "ok", "sample_id": f"probe-{i}", "code": probe} for i in range(2)]
     config = ExecutionConfig(
         workers=2, sandbox=sandbox, timeout_s=TIMEOUT, program_timeout_s=PROGRAM_TIMEOUT, memory_mb=512

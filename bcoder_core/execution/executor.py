@@ -375,10 +375,10 @@ def _judge(
             raise ExecutionError(f"worker reported an unknown test status {status!r}")
     result["tests_passed"] = passed
     aborted = end.get("aborted")
+    if aborted == "program_timeout" or (aborted and aborted.startswith("program time limit")):
+        return done("timeout", f"program exceeded its total time limit of {config.program_timeout_s:g} s")
     if first_timeout:
         return done("timeout", first_timeout)
-    if aborted in ("program_timeout",) or (aborted and aborted.startswith("program time limit")):
-        return done("timeout", f"program exceeded its total time limit of {config.program_timeout_s:g} s")
     if aborted == "timeout":
         return done("timeout", f"exceeded the time limit of {config.timeout_s:g} s")
     if first_error:

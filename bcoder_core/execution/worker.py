@@ -264,8 +264,29 @@ class Worker:
                 self.run_inproc(job, code, prelude, workdir, end, start)
         finally:
             sandbox.remove_workdir(workdir)
+            self.wipe_private_tmp()
         end["seconds"] = time.monotonic() - start
         self.send(end)
+
+    def wipe_private_tmp(self) -> None:
+        """Empty the worker's private /tmp-like directories: nothing one program leaves reaches the next."""
+        import shutil
+
+        for d in self.isolation.get("private_tmp", ()):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                if e.path == self.base_dir:
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        shutil.rmtree(e.path, ignore_errors=True)
+                    else:
+                        os.unlink(e.path)
+                except OSError:
+                    pass
 
     def _chan_fd(self) -> int:
         return 200 + int.from_bytes(os.urandom(2), "big") % 700
@@ -335,7 +356,7 @@ class Worker:
                     msg["stdout"] = b"".join(streams[out_r]["buf"]).decode("utf-8", "replace")
             self.send(msg)
             if msg["status"] == "timeout":
-                end["aborted"] = "timeout"
+                end["aborted"] = "program_timeout" if deadline >= program_deadline else "timeout"
                 return
 
     def run_inproc(self, job, code, prelude, workdir, end, start) -> None:
