@@ -215,7 +215,7 @@ class BCoderModel(nn.Module):
                 self._set_phi(phi_state, template=t5.decoder)
         elif stage == "phi":
             self.phi_decoder = t5.decoder
-            self.phi_head = nn.Linear(self.d_model, 1).to(t5.shared.weight)
+            self.phi_head = _linear(self.d_model, 1, like=t5.shared.weight)
             nn.init.zeros_(self.phi_head.weight)
             nn.init.zeros_(self.phi_head.bias)
             if phi_state is not None:  # resume
@@ -224,7 +224,7 @@ class BCoderModel(nn.Module):
             self.theta_decoder = t5.decoder
             head = t5.lm_head
             if head.weight is t5.shared.weight or self.ckpt_scale != 1.0:
-                head = nn.Linear(self.d_model, self.vocab_size, bias=False).to(t5.shared.weight)
+                head = _linear(self.d_model, self.vocab_size, bias=False, like=t5.shared.weight)
                 with torch.no_grad():
                     head.weight.copy_(t5.lm_head.weight * self.ckpt_scale)
             self.lm_head = head
@@ -317,9 +317,8 @@ class BCoderModel(nn.Module):
         return model.to(device) if device is not None else model
 
     def _make_heads(self, state: dict[str, Tensor] | None, seed: int) -> tuple[nn.Linear, nn.Linear]:
-        ref = self.shared.weight
-        h1 = nn.Linear(self.d_model, 1).to(device=ref.device, dtype=ref.dtype)
-        h2 = nn.Linear(self.d_model, 1).to(device=ref.device, dtype=ref.dtype)
+        h1 = _linear(self.d_model, 1, like=self.shared.weight)
+        h2 = _linear(self.d_model, 1, like=self.shared.weight)
         with torch.no_grad():
             if state is not None:
                 try:
@@ -343,8 +342,7 @@ class BCoderModel(nn.Module):
         self.phi_decoder = _new_decoder_like(template, dec, template.embed_tokens)
         for p in self.phi_decoder.parameters():
             p.requires_grad_(False)
-        ref = self.shared.weight
-        self.phi_head = nn.Linear(self.d_model, 1).to(device=ref.device, dtype=ref.dtype)
+        self.phi_head = _linear(self.d_model, 1, like=self.shared.weight)
         self._load_phi_head(state)
         for p in self.phi_head.parameters():
             p.requires_grad_(False)
@@ -588,6 +586,11 @@ class BCoderModel(nn.Module):
             "shared_embedding_fingerprint": _embedding_fingerprint(self.shared.weight),
         }
         (out / PHI_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _linear(d_in: int, d_out: int, *, like: Tensor, bias: bool = True) -> nn.Linear:
+    """An uninitialised ``nn.Linear`` on ``like``'s device and dtype (no RNG draw, no wasted init)."""
+    return nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias, device=like.device, dtype=like.dtype)
 
 
 def _own_params(stack: nn.Module) -> list[nn.Parameter]:

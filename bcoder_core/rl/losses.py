@@ -56,39 +56,41 @@ _CHUNK_ELEMENTS = 1 << 25  # rows per chunk × vocabulary ≈ 32M (128 MiB of fp
 class _TokenLogitStats(torch.autograd.Function):
     """(ℓ[a], ℓ[g], max ℓ, logsumexp ℓ) per row of flat logits [N, V]; fp32 outputs [N].
 
-    Backward writes a single gradient buffer: g_a·1[a] + g_g·1[g] − g_max·1[argmax] + g_lse·softmax.
+    Backward writes a single gradient buffer: g_a·1[a] + g_g·1[g] + g_max·1[argmax] + g_lse·softmax.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, actions: Tensor, greedy: Tensor, need_lse: bool) -> tuple[Tensor, ...]:
         n, v = logits.shape
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 for bf16/fp16, fp64 stays fp64
         l_max, argmax = logits.max(dim=-1)
-        l_a = logits.gather(1, actions[:, None]).squeeze(1).float()
-        l_g = logits.gather(1, greedy[:, None]).squeeze(1).float()
-        lse = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        l_a = logits.gather(1, actions[:, None]).squeeze(1).to(acc)
+        l_g = logits.gather(1, greedy[:, None]).squeeze(1).to(acc)
+        lse = torch.zeros(n, dtype=acc, device=logits.device)
         if need_lse:
             step = max(1, _CHUNK_ELEMENTS // v)
             for i in range(0, n, step):
-                lse[i : i + step] = torch.logsumexp(logits[i : i + step].float(), dim=-1)
+                lse[i : i + step] = torch.logsumexp(logits[i : i + step].to(acc), dim=-1)
         ctx.need_lse = need_lse
         ctx.save_for_backward(logits, actions, greedy, argmax, lse)
-        return l_a, l_g, l_max.float(), lse
+        return l_a, l_g, l_max.to(acc), lse
 
     @staticmethod
     def backward(ctx, g_a: Tensor, g_g: Tensor, g_max: Tensor, g_lse: Tensor):
         logits, actions, greedy, argmax, lse = ctx.saved_tensors
         n, v = logits.shape
+        acc = lse.dtype
         grad = torch.empty_like(logits)
         step = max(1, _CHUNK_ELEMENTS // v)
         for i in range(0, n, step):
             sl = slice(i, i + step)
             if ctx.need_lse:
-                chunk = torch.exp(logits[sl].float() - lse[sl, None]).mul_(g_lse[sl, None])
+                chunk = torch.exp(logits[sl].to(acc) - lse[sl, None]).mul_(g_lse[sl, None])
             else:
-                chunk = torch.zeros(logits[sl].shape, dtype=torch.float32, device=logits.device)
-            chunk.scatter_add_(1, actions[sl, None], g_a[sl, None].float())
-            chunk.scatter_add_(1, greedy[sl, None], g_g[sl, None].float())
-            chunk.scatter_add_(1, argmax[sl, None], -g_max[sl, None].float())
+                chunk = torch.zeros(logits[sl].shape, dtype=acc, device=logits.device)
+            chunk.scatter_add_(1, actions[sl, None], g_a[sl, None].to(acc))
+            chunk.scatter_add_(1, greedy[sl, None], g_g[sl, None].to(acc))
+            chunk.scatter_add_(1, argmax[sl, None], g_max[sl, None].to(acc))
             grad[sl] = chunk
         return grad, None, None, None
 
@@ -96,7 +98,7 @@ class _TokenLogitStats(torch.autograd.Function):
 def token_logit_stats(
     logits: Tensor, actions: Tensor, greedy: Tensor | None = None, *, need_lse: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-token ``(ℓ(a), ℓ(g), max ℓ, logsumexp ℓ)``, each fp32 of ``actions``' shape [..].
+    """Per-token ``(ℓ(a), ℓ(g), max ℓ, logsumexp ℓ)`` of ``actions``' shape [..], in fp32 (fp64 for fp64).
 
     ``logits`` [.., V]; ``actions``/``greedy`` [..] long, valid ids (replace −100 first);
     ``greedy=None`` uses ``actions``. With ``need_lse=False`` the logsumexp is 0 (not computed).
