@@ -98,6 +98,7 @@ STDIN_STYLES = {
     "write": "import sys\nsys.stdout.write(str(sum(map(int, input().split()))) + '\\n')",
     "print_end": "print(3, end='')",
     "dataclass": "from dataclasses import dataclass\n@dataclass\nclass P:\n    a: int\nprint(P(3).a)",
+    "module_return": "x = sum(map(int, input().split()))\nif x == 3:\n    print(x)\n    return\nprint('never')",
     "pickle_main": "import pickle\nclass A:\n    pass\nprint(3 if isinstance(pickle.loads(pickle.dumps(A())), A) else 0)",
 }
 

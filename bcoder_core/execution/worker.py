@@ -17,6 +17,7 @@ Worker -> parent, per job: zero or more ``{"k": "test", "i", "status", "stdout" 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -247,7 +248,7 @@ class Worker:
         start = time.monotonic()
         end = {"k": "end", "id": job["id"], "compile_error": None, "load_error": None, "aborted": None}
         try:
-            code = compile(job["code"], "solution.py", "exec", dont_inherit=True)
+            code = compile_program(job["code"], job["format"])
         except BaseException as exc:  # SyntaxError, ValueError (NUL bytes), MemoryError, RecursionError
             end["compile_error"] = _compile_message(exc)
             end["seconds"] = time.monotonic() - start
@@ -509,6 +510,32 @@ class Worker:
             if job is None or job.get("op") == "exit":
                 break
             self.run_job(job)
+
+
+class _ModuleReturn(ast.NodeTransformer):
+    """``return`` at module level -> ``raise SystemExit`` (functions and classes are left alone)."""
+
+    def visit_FunctionDef(self, node):
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def visit_Return(self, node):
+        new = ast.parse("raise SystemExit").body[0]
+        return ast.copy_location(new, node)
+
+
+def compile_program(source: str, fmt: str):
+    """Compile a program. A stdin program may ``return`` at module level to end (the APPS harness runs
+    stdin programs inside a function, so APPS solutions and models trained on them do this): that
+    ``return`` ends the script like ``sys.exit()``, and nothing else about script semantics changes."""
+    try:
+        return compile(source, "solution.py", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        if fmt != "stdin" or exc.msg != "'return' outside function":
+            raise
+        tree = _ModuleReturn().visit(ast.parse(source, "solution.py"))
+        return compile(ast.fix_missing_locations(tree), "solution.py", "exec", dont_inherit=True)
 
 
 def _compile_message(exc: BaseException) -> str:
