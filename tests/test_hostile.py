@@ -175,7 +175,8 @@ HOSTILE: dict[str, tuple[str, str]] = {
 EXPECTED: dict[str, set[str]] = {
     "fork_bomb": {"runtime_error", "timeout"},
     "memory_bomb": {"runtime_error"},
-    "memory_creep": {"runtime_error"},
+    # MemoryError at the address-space limit; on a loaded machine touching 512 MB can outlast 2 s
+    "memory_creep": {"runtime_error", "timeout"},
     "infinite_loop": {"timeout"},
     "output_flood": {"failed"},
     "write_outside": {"passed"},

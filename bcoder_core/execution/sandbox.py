@@ -264,7 +264,11 @@ def _open_traverse(path: str, report: dict) -> None:
 def setup_worker(*, tmp_size_mb: int = 512, fs_overlay: bool = False) -> dict:
     """Isolate this worker once (namespaces, private /tmp, hidden secrets). Returns what was achieved."""
     report: dict = {"root": os.geteuid() == 0}
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    # Orphans of a program re-parent to the worker, never above it: every process a program starts stays
+    # in the worker's subtree, where kill_strays finds it.
+    report["subreaper"] = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 and os.path.exists(
+        f"/proc/self/task/{os.getpid()}/children"
+    )
     report["netns"] = _call("unshare", CLONE_NEWNET) == 0
     report["ipc_uts_ns"] = _call("unshare", CLONE_NEWIPC | CLONE_NEWUTS) == 0
     report["mountns"] = _call("unshare", CLONE_NEWNS) == 0
@@ -408,11 +412,19 @@ def reap() -> None:
             return
 
 
-def kill_strays(pgid: int, uid: int | None, *, keep: frozenset[int] = frozenset()) -> None:
-    """Kill everything a program may have left behind, then reap it."""
+def kill_strays(
+    pgid: int, uid: int | None, *, subreaper: bool = True, keep: frozenset[int] = frozenset()
+) -> None:
+    """Kill everything a program may have left behind, then reap it.
+
+    The program's process group first; then, with the worker a child subreaper, every process left in
+    the worker's subtree (a daemon that left the group with setsid() is re-parented to the worker when
+    its parent dies), repeatedly until none is left. Without a subreaper, every process of the slot's
+    user is killed instead (a helper that becomes that user and signals -1).
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    if uid is not None:
+    if uid is not None and not subreaper:
         # Every process of the slot's user: a helper that becomes that user and signals -1.
         pid = os.fork()
         if pid == 0:

@@ -214,7 +214,7 @@ class Worker:
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 status = None
-        sandbox.kill_strays(pid, self.uid)
+        sandbox.kill_strays(pid, self.uid, subreaper=bool(self.isolation.get("subreaper")))
         for fd, s in streams.items():
             while not s["over"]:
                 try:
