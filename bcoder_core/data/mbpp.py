@@ -18,7 +18,7 @@ Each task becomes an ``assert`` problem with id ``mbpp/<task_id>``:
 * ``solutions`` = ``[code]`` with Windows line endings (``\\r\\n`` in the file) made ``\\n``.
 
 Some MBPP reference solutions fail their own tests (known upstream); they are listed, not edited,
-in ``bcoder_core.data.mbpp_known_bad``.
+in ``bcoder_core.execution.known_bad`` (the calibration list).
 """
 
 from __future__ import annotations
