@@ -54,7 +54,7 @@ _CHUNK_ELEMENTS = 1 << 25  # rows per chunk × vocabulary ≈ 32M (128 MiB of fp
 
 # -------------------------------------------------------------------------------------- pieces
 class _TokenLogitStats(torch.autograd.Function):
-    """(ℓ[a], ℓ[g], max ℓ, logsumexp ℓ) per row of flat logits [N, V]; fp32 outputs [N].
+    """(ℓ[a], ℓ[g], max ℓ, logsumexp ℓ) per row of flat logits [N, V]; outputs [N] in fp32 (fp64 for fp64).
 
     Backward writes a single gradient buffer: g_a·1[a] + g_g·1[g] + g_max·1[argmax] + g_lse·softmax.
     """
@@ -66,14 +66,16 @@ class _TokenLogitStats(torch.autograd.Function):
         l_max, argmax = logits.max(dim=-1)
         l_a = logits.gather(1, actions[:, None]).squeeze(1).to(acc)
         l_g = logits.gather(1, greedy[:, None]).squeeze(1).to(acc)
+        l_max_acc = l_max.to(acc)
         lse = torch.zeros(n, dtype=acc, device=logits.device)
-        if need_lse:
+        if need_lse:  # lse = max + log Σ exp(ℓ − max), reusing the max already taken
             step = max(1, _CHUNK_ELEMENTS // v)
             for i in range(0, n, step):
-                lse[i : i + step] = torch.logsumexp(logits[i : i + step].to(acc), dim=-1)
+                m = l_max_acc[i : i + step, None]
+                lse[i : i + step] = (logits[i : i + step].to(acc) - m).exp_().sum(-1).log_().add_(m[:, 0])
         ctx.need_lse = need_lse
         ctx.save_for_backward(logits, actions, greedy, argmax, lse)
-        return l_a, l_g, l_max.to(acc), lse
+        return l_a, l_g, l_max_acc, lse
 
     @staticmethod
     def backward(ctx, g_a: Tensor, g_g: Tensor, g_max: Tensor, g_lse: Tensor):
@@ -84,14 +86,19 @@ class _TokenLogitStats(torch.autograd.Function):
         step = max(1, _CHUNK_ELEMENTS // v)
         for i in range(0, n, step):
             sl = slice(i, i + step)
+            # work in place in the gradient buffer when it has the accumulation dtype (fp32/fp64)
+            in_place = grad.dtype == acc
+            chunk = grad[sl] if in_place else torch.empty(logits[sl].shape, dtype=acc, device=grad.device)
             if ctx.need_lse:
-                chunk = torch.exp(logits[sl].to(acc) - lse[sl, None]).mul_(g_lse[sl, None])
+                torch.sub(logits[sl].to(acc), lse[sl, None], out=chunk)
+                chunk.exp_().mul_(g_lse[sl, None])
             else:
-                chunk = torch.zeros(logits[sl].shape, dtype=acc, device=logits.device)
+                chunk.zero_()
             chunk.scatter_add_(1, actions[sl, None], g_a[sl, None].to(acc))
             chunk.scatter_add_(1, greedy[sl, None], g_g[sl, None].to(acc))
             chunk.scatter_add_(1, argmax[sl, None], g_max[sl, None].to(acc))
-            grad[sl] = chunk
+            if not in_place:
+                grad[sl] = chunk
         return grad, None, None, None
 
 
