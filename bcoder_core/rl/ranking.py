@@ -1,0 +1,252 @@
+"""Learned-reward ranking (DESIGN §2.8, paper Eq. 18–20): a score for every sample of any model.
+
+R̃(W) = Σ_t r̃_θ(s_t, a_t),   r̃_θ(s_t, a_t) = Q_θ(s_t, a_t) − γ·V_θ(s_{t+1}),   V_θ(s_{T+1}) = 0,
+
+computed after generation by ONE batched teacher-forced pass of θ and φ (model stage ``eval``,
+``losses.program_scores`` / ``learned_rewards``), never inside the sampling loop. Each sample keeps
+every field it had and gains ``score``; the order of the samples file is kept. Samples of any
+model can be ranked (paper Table 3): only their ``code`` is read.
+
+A program is tokenised as the training targets are (``<s> tokens </s>``, ``encode_program``), so
+every program ends in EOS — the episode W ∘ EOS, also for a sample cut off by the sampler's
+``max_new_tokens`` (its code is what was executed).
+
+**Decision — programs longer than ``max_target_tokens`` (default 1024, twice the sampling limit,
+so every program ``bcoder sample`` writes fits, with room for re-tokenisation) are scored on their
+first ``max_target_tokens`` tokens, the last of them treated as terminal, and flagged with
+``"score_truncated": true``** (the count is printed). Their score misses the tail of the sum, so
+it is not comparable with full scores; raise the limit to score them fully (memory grows with the
+length: the pass materialises [B, T, V] logits).
+
+Efficiency: samples are streamed in windows; inside a window they are sorted by (problem, length)
+so a batch holds few distinct prompts (the encoder runs once per distinct prompt; the decoders'
+padding stays small), then written back in file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcoder_core.errors import BcoderError
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    batch_size: int = 16
+    """Programs per teacher-forced pass."""
+    gamma: float = 0.999
+    """Discount γ."""
+    max_source_tokens: int = 600
+    """Prompt length limit in tokens."""
+    max_target_tokens: int = 1024
+    """Programs longer than this (EOS included) are scored on their first tokens and flagged."""
+    window_batches: int = 64
+    """Batches per sorting window."""
+    alpha: float = 1.0
+    """Policy temperature α."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_source_tokens", "max_target_tokens", "window_batches"):
+            if getattr(self, name) < 1:
+                raise BcoderError(f"rank: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise BcoderError(f"rank: gamma must lie in [0, 1], got {self.gamma}")
+
+
+@dataclass
+class RankSummary:
+    out: str = ""
+    scored: int = 0
+    truncated: int = 0
+    problems: int = 0
+
+    def line(self) -> str:
+        s = f"rank: scored {self.scored} samples of {self.problems} problems, wrote {self.out}"
+        if self.truncated:
+            s += f"; {self.truncated} programs longer than --max-target-tokens were scored on their first tokens"
+        return s
+
+
+class _EncodedOnce:
+    """The model as ``learned_rewards`` sees it, with encoder states computed beforehand.
+
+    ``learned_rewards`` encodes its batch's prompts itself; a batch of m samples of one problem
+    would encode the same prompt m times. This view hands it the states of each distinct prompt,
+    encoded once, and forwards everything else to the model.
+    """
+
+    def __init__(self, model: Any, enc: Any) -> None:
+        self._model = model
+        self._enc = enc
+
+    def encode(self, input_ids, attention_mask):
+        return self._enc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def score_batch(
+    model, ids_list, problem_keys, prompt_of, pad_id: int, device, cfg: RankConfig
+) -> list[float]:
+    """R̃ of each program (token id arrays ending in EOS) in one teacher-forced pass."""
+    import torch
+
+    from bcoder_core.rl.annotate import encode_shared, label_batch
+    from bcoder_core.rl.losses import program_scores
+
+    labels = label_batch(ids_list).to(device)
+    with torch.no_grad():
+        enc, am = encode_shared(model, problem_keys, prompt_of, pad_id, device)
+        # input_ids are never read: the view answers encode() with the shared states
+        batch = {"input_ids": am, "attention_mask": am, "labels": labels}
+        scores = program_scores(_EncodedOnce(model, enc), batch, cfg.gamma, cfg.alpha)
+    return scores.float().cpu().tolist()
+
+
+def score_samples(
+    model,
+    tokenizer,
+    problems,
+    samples: Iterable[dict],
+    cfg: RankConfig,
+    *,
+    device,
+    dtype: str = "fp32",
+    summary: RankSummary | None = None,
+    progress=None,
+) -> Iterator[dict]:
+    """Yield each sample (a new dict: its fields + ``score``), in input order."""
+    from bcoder_core.model.tokenizer import encode_program
+    from bcoder_core.rl.annotate import PromptCache, autocast_context
+
+    summary = summary if summary is not None else RankSummary()
+    index = {p.id: k for k, p in enumerate(problems)}
+    prompt_of = PromptCache(problems, tokenizer, cfg.max_source_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seen_problems: set[int] = set()
+    window_size = cfg.batch_size * cfg.window_batches
+
+    def flush(window: list[dict]) -> Iterator[dict]:
+        keyed = []
+        for n, rec in enumerate(window):
+            pid = rec.get("problem_id")
+            if pid not in index:
+                raise BcoderError(f"sample {pid}/{rec.get('sample_id')}: problem not in the problem set")
+            code = rec.get("code")
+            if not isinstance(code, str):
+                raise BcoderError(f"sample {pid}/{rec.get('sample_id')}: no code")
+            ids = encode_program(tokenizer, code)
+            truncated = len(ids) > cfg.max_target_tokens
+            if truncated:
+                ids = ids[: cfg.max_target_tokens]
+                summary.truncated += 1
+            keyed.append((index[pid], len(ids), n, np.asarray(ids, dtype=np.int64), truncated))
+            seen_problems.add(index[pid])
+        keyed.sort(key=lambda x: (x[0], x[1], x[2]))
+        scores: dict[int, float] = {}
+        for b0 in range(0, len(keyed), cfg.batch_size):
+            chunk = keyed[b0 : b0 + cfg.batch_size]
+            with autocast_context(device, dtype):
+                got = score_batch(
+                    model, [c[3] for c in chunk], [c[0] for c in chunk], prompt_of, pad, device, cfg
+                )
+            for c, s in zip(chunk, got, strict=True):
+                scores[c[2]] = s
+            if progress is not None:
+                progress.update(len(chunk))
+        flags = {c[2]: c[4] for c in keyed}
+        for n, rec in enumerate(window):
+            out = dict(rec)
+            out["score"] = scores[n]
+            if flags[n]:
+                out["score_truncated"] = True
+            summary.scored += 1
+            yield out
+        summary.problems = len(seen_problems)
+
+    window: list[dict] = []
+    for rec in samples:
+        window.append(rec)
+        if len(window) >= window_size:
+            yield from flush(window)
+            window = []
+    if window:
+        yield from flush(window)
+
+
+def run_rank(
+    *,
+    model: str,
+    phi: str,
+    problems: str,
+    samples: str,
+    out: str,
+    cfg: RankConfig,
+    tokenizer: str | None = None,
+    device: str | None = None,
+    dtype: str = "fp32",
+    progress: bool = True,
+) -> RankSummary:
+    """The ``bcoder rank`` stage (module docstring)."""
+    import json
+
+    from bcoder_core import storage
+    from bcoder_core.model.qmodel import BCoderModel
+    from bcoder_core.problems import read_problems
+    from bcoder_core.rl.sampling import (
+        load_tokenizer_for,
+        output_file,
+        pick_device,
+        progress_bar,
+        read_jsonl,
+        resolve_model_dir,
+    )
+
+    probs = read_problems(storage.input_path(problems))
+    samples_path = storage.input_path(samples)
+    n = sum(1 for _ in read_jsonl(samples_path, "samples"))
+    model_dir = resolve_model_dir(model)
+    tok = load_tokenizer_for(model_dir, tokenizer)
+    dev = pick_device(device)
+    m = BCoderModel.from_pretrained(
+        model_dir, stage="eval", phi_path=resolve_model_dir(phi), device=dev
+    ).eval()
+    if m.phi_decoder is None:  # pragma: no cover - from_pretrained loads φ whenever phi_path is given
+        raise BcoderError(f"rank: {phi} holds no phi")
+    if len(tok) > m.vocab_size:
+        raise BcoderError(f"tokenizer has {len(tok)} tokens but the model {model} only {m.vocab_size}")
+    summary = RankSummary(out=out)
+    config = {
+        "command": "rank",
+        "model": model,
+        "phi": phi,
+        "problems": problems,
+        "samples": samples,
+        **asdict(cfg),
+    }
+    bar = progress_bar(n, "rank", progress)
+    try:
+        with storage.output_path(out, kind="samples", config=config) as local:
+            path = output_file(local, "samples.jsonl")
+            with Path(path).open("w", encoding="utf-8") as f:
+                for rec in score_samples(
+                    m,
+                    tok,
+                    probs,
+                    read_jsonl(samples_path, "samples"),
+                    cfg,
+                    device=dev,
+                    dtype=dtype,
+                    summary=summary,
+                    progress=bar,
+                ):
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    finally:
+        bar.close()
+    return summary

@@ -1,0 +1,443 @@
+"""Batched top-p sampling of m programs per problem from π_θ = softmax(ℓ_θ / T) (DESIGN §2.8).
+
+θ is loaded as a plain Hugging Face ``T5ForConditionalGeneration`` (that is how ``train theta``
+and ``train sft`` save it): V is not needed to sample.
+
+Determinism. Every sample (problem p, sample j) owns a stream of uniforms drawn from a generator
+seeded with a hash of ``(seed, p, j)``; the token at step t is the inverse-CDF pick of the top-p
+distribution at the uniform ``u[t]``. So a sample depends on the seed, the problem and its index
+only — not on the batch it lands in, the batch size, or how the problems are sharded over pods
+(up to floating-point differences between batch shapes, which do not occur on CPU in practice).
+
+The loop: prompts of a batch are encoded once per problem (not once per sample), the decoder runs
+with a KV cache, and rows that emitted EOS leave the batch, so long programs do not make the
+finished ones pay for their steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bcoder_core.errors import BcoderError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_samples: int = 1
+    """m: programs sampled per problem."""
+    temperature: float = 0.6
+    """Softmax temperature T (0 means greedy decoding)."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    max_new_tokens: int = 512
+    """Longest program, in tokens (EOS included)."""
+    batch_size: int = 32
+    """Programs decoded together."""
+    seed: int = 0
+    """Seed of the per-sample random streams."""
+    max_source_tokens: int = 600
+    """Prompt length limit (the prompt builder truncates the question)."""
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise BcoderError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.temperature < 0:
+            raise BcoderError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise BcoderError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise BcoderError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise BcoderError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Small shared helpers (also used by annotate and rank)
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"I/N"`` → (I, N); None → (0, 1)."""
+    if spec is None or spec == "":
+        return 0, 1
+    try:
+        i_s, n_s = spec.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise BcoderError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise BcoderError(f"--shard {spec!r}: need 0 <= I < N")
+    return i, n
+
+
+def shard_items(items: Sequence, shard: tuple[int, int]) -> list:
+    """Every item whose index is congruent to I mod N."""
+    i, n = shard
+    return [x for k, x in enumerate(items) if k % n == i]
+
+
+def jsonl_files(path: Path, what: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise BcoderError(f"{path}: directory holds no *.jsonl {what} files")
+        return files
+    if not path.exists():
+        raise BcoderError(f"{path}: no such {what} file")
+    return [path]
+
+
+def read_jsonl(path: str | Path, what: str = "samples") -> Iterator[dict]:
+    """Records of a JSONL file or of a directory of ``*.jsonl`` files, in order."""
+    for file in jsonl_files(Path(path), what):
+        with file.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BcoderError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise BcoderError(f"{file}:{lineno}: expected a JSON object")
+                yield rec
+
+
+def output_file(local: Path, default_name: str) -> Path:
+    """The JSONL file to write inside what ``storage.output_path`` yielded (a file or a directory)."""
+    return local / default_name if local.is_dir() else local
+
+
+def resolve_model_dir(uri: str) -> str:
+    """A local directory for a model URI (artifact or path), or the string itself (a hub id)."""
+    from bcoder_core import storage
+
+    if uri.startswith("s3://") or Path(uri).exists():
+        return str(storage.input_path(uri))
+    if uri.count("/") == 1 and not uri.startswith((".", "/")):
+        return uri  # a Hugging Face hub id; from_pretrained resolves it
+    raise BcoderError(f"{uri}: no such model directory or artifact")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def load_tokenizer_for(model_dir: str, tokenizer: str | None = None):
+    """``tokenizer`` if given, else the tokenizer saved with the checkpoint, else CodeT5's."""
+    from bcoder_core.model.tokenizer import load_tokenizer
+
+    if tokenizer:
+        return load_tokenizer(tokenizer)
+    d = Path(model_dir)
+    if d.is_dir() and any((d / f).exists() for f in _TOKENIZER_FILES):
+        return load_tokenizer(str(d))
+    return load_tokenizer("codet5")
+
+
+def encode_prompt(problem, tokenizer, max_source_tokens: int) -> list[int]:
+    """Prompt token ids as the encoder sees them (DESIGN §3.2; truncated by the prompt builder)."""
+    from bcoder_core.prompts import build_prompt
+
+    text = build_prompt(problem, tokenizer, max_source_tokens)
+    ids = tokenizer(text, truncation=True, max_length=max_source_tokens)["input_ids"]
+    return list(ids)
+
+
+def pick_device(device: str | None = None):
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "prog"):
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        file=sys.stderr,
+        mininterval=0.5 if tty else 30.0,
+        dynamic_ncols=True,
+    )
+
+
+def record_samples_metric(n: int) -> None:
+    try:
+        from bcoder_core import telemetry
+    except ImportError:
+        return
+    fn = getattr(telemetry, "record_samples", None)
+    if fn is not None:
+        fn(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sampling kernel
+
+
+def sample_seed(seed: int, problem_id: str, sample_id: int) -> int:
+    """A 63-bit seed for one sample's random stream (stable across machines and versions)."""
+    h = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_uniforms(seed: int, keys: Sequence[tuple[str, int]], steps: int):
+    """[len(keys), steps] float64 uniforms, row k from the stream of sample ``keys[k]``."""
+    import torch
+
+    out = torch.empty(len(keys), steps, dtype=torch.float64)
+    g = torch.Generator()
+    for k, (pid, sid) in enumerate(keys):
+        g.manual_seed(sample_seed(seed, pid, sid))
+        out[k] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return out
+
+
+def pick_tokens(logits, u, temperature: float, top_p: float):
+    """One token per row of ``logits`` [B,V] from softmax(logits/T) restricted to its top-p set.
+
+    ``u`` [B] are uniforms in [0, 1): the token is the first of the descending-probability order
+    whose cumulative (renormalised) probability exceeds u. T = 0 is greedy.
+    """
+    import torch
+
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    cum = sorted_p.cumsum(dim=-1)
+    if top_p < 1.0:
+        # keep a token if the mass before it is below top_p (the first token is always kept)
+        keep = (cum - sorted_p) < top_p
+        sorted_p = sorted_p * keep
+        cum = sorted_p.cumsum(dim=-1)
+    target = (u.to(cum.device, torch.float64) * cum[:, -1].double()).to(cum.dtype).unsqueeze(1)
+    pos = torch.searchsorted(cum, target, right=True).clamp_(max=cum.shape[1] - 1)
+    # searchsorted can land on a dropped (zero-probability) tail token when u·total rounds to total
+    n_kept = (sorted_p > 0).sum(dim=-1, keepdim=True)
+    pos = torch.minimum(pos, n_kept - 1)
+    return order.gather(1, pos).squeeze(1)
+
+
+def generate(
+    model,
+    input_ids,
+    attention_mask,
+    uniforms,
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    eos_id: int,
+    rows_of_prompt=None,
+) -> list[tuple[list[int], bool]]:
+    """Decode one program per row: returns (token ids without EOS, ended with EOS) per row.
+
+    ``input_ids``/``attention_mask`` are the distinct prompts [P,S]; ``rows_of_prompt`` [B] maps
+    each row to its prompt (None: one row per prompt). ``uniforms`` [B, ≥max_new_tokens].
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    attention_mask = attention_mask.to(device)
+    with torch.inference_mode():
+        enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if rows_of_prompt is not None:
+            rows_of_prompt = torch.as_tensor(rows_of_prompt, device=device)
+            enc = enc.index_select(0, rows_of_prompt)
+            mask = attention_mask.index_select(0, rows_of_prompt)
+        else:
+            mask = attention_mask
+        bsz = enc.shape[0]
+        start = model.config.decoder_start_token_id
+        if start is None:
+            start = model.config.pad_token_id
+        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        alive = torch.arange(bsz, device=device)  # original row of each live row
+        tokens = torch.full((bsz, 1), start, dtype=torch.long, device=device)
+        out: list[list[int]] = [[] for _ in range(bsz)]
+        ended = [False] * bsz
+        u = uniforms.to(device)
+        steps: list[tuple] = []  # (alive rows, tokens) per step, gathered at the end (one sync)
+        for t in range(max_new_tokens):
+            logits = model(
+                encoder_outputs=(enc,),
+                attention_mask=mask,
+                decoder_input_ids=tokens,
+                cache=cache,
+                use_cache=True,
+            ).logits[:, -1, :]
+            nxt = pick_tokens(logits, u[alive, t], temperature, top_p)
+            steps.append((alive, nxt))
+            done = nxt == eos_id
+            if t + 1 == max_new_tokens:
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                enc, mask, alive, nxt = enc[keep], mask[keep], alive[keep], nxt[keep]
+            tokens = nxt.unsqueeze(1)
+    for rows, toks in steps:
+        for r, tok in zip(rows.tolist(), toks.tolist(), strict=True):
+            if ended[r]:
+                continue
+            if tok == eos_id:
+                ended[r] = True
+            else:
+                out[r].append(tok)
+    return list(zip(out, ended, strict=True))
+
+
+def decode_program(tokenizer, ids: Sequence[int]) -> str:
+    """Token ids (no EOS) → code, keeping every tab, space and newline (special tokens dropped)."""
+    from bcoder_core.model.tokenizer import decode_program as _decode
+
+    return _decode(tokenizer, ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Problems → samples
+
+
+def sample_problems(
+    model,
+    tokenizer,
+    problems: Sequence,
+    cfg: SamplingConfig,
+    *,
+    model_name: str = "",
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Sample ``cfg.num_samples`` programs for each problem; yields sample records in order."""
+    import torch
+
+    prompts = [encode_prompt(p, tokenizer, cfg.max_source_tokens) for p in problems]
+    rows = [(k, j) for k in range(len(problems)) for j in range(cfg.num_samples)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = tokenizer.eos_token_id
+    bar = progress_bar(len(rows), "sample", progress)
+    try:
+        for b0 in range(0, len(rows), cfg.batch_size):
+            chunk = rows[b0 : b0 + cfg.batch_size]
+            pks = sorted({k for k, _ in chunk})
+            slot = {k: n for n, k in enumerate(pks)}
+            s_len = max(len(prompts[k]) for k in pks)
+            ids = torch.full((len(pks), s_len), pad, dtype=torch.long)
+            am = torch.zeros((len(pks), s_len), dtype=torch.long)
+            for n, k in enumerate(pks):
+                ids[n, : len(prompts[k])] = torch.tensor(prompts[k])
+                am[n, : len(prompts[k])] = 1
+            keys = [(problems[k].id, j) for k, j in chunk]
+            u = sample_uniforms(cfg.seed, keys, cfg.max_new_tokens)
+            decoded = generate(
+                model,
+                ids,
+                am,
+                u,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_id=eos,
+                rows_of_prompt=[slot[k] for k, _ in chunk],
+            )
+            for (k, j), (toks, finished) in zip(chunk, decoded, strict=True):
+                yield {
+                    "problem_id": problems[k].id,
+                    "sample_id": j,
+                    "code": decode_program(tokenizer, toks),
+                    "model": model_name,
+                    "temperature": cfg.temperature,
+                    "top_p": cfg.top_p,
+                    "seed": cfg.seed,
+                    "num_tokens": len(toks) + int(finished),
+                    "finished": finished,
+                }
+            bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(len(chunk))
+    finally:
+        bar.close()
+
+
+def load_theta(model_dir: str, device=None, dtype: str = "auto"):
+    """θ (or any seq2seq checkpoint) as a plain ``T5ForConditionalGeneration`` in eval mode."""
+    from transformers import T5ForConditionalGeneration
+
+    dev = pick_device(device)
+    torch_dtype = _dtype(dtype, dev)
+    try:
+        model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype)
+    except OSError as exc:
+        raise BcoderError(f"{model_dir}: cannot load a T5 checkpoint ({exc})") from None
+    return model.to(dev).eval()
+
+
+def _dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise BcoderError(f"--dtype {name!r}: expected auto, fp32, bf16 or fp16") from None
+
+
+def run_sample(
+    model: str,
+    problems: str,
+    out: str,
+    cfg: SamplingConfig,
+    *,
+    shard: str | None = None,
+    tokenizer: str | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    progress: bool = True,
+) -> int:
+    """The ``bcoder sample`` stage: returns the number of samples written."""
+    from bcoder_core import storage
+    from bcoder_core.problems import read_problems
+
+    shard_spec = parse_shard(shard)
+    model_dir = resolve_model_dir(model)
+    probs = shard_items(read_problems(storage.input_path(problems)), shard_spec)
+    tok = load_tokenizer_for(model_dir, tokenizer)
+    theta = load_theta(model_dir, device, dtype)
+    config = {"command": "sample", "model": model, "problems": problems, "shard": list(shard_spec)}
+    config.update(asdict(cfg))
+    n = 0
+    with storage.output_path(out, kind="samples", config=config) as local:
+        path = output_file(local, "samples.jsonl")
+        with path.open("w", encoding="utf-8") as f:
+            for rec in sample_problems(
+                theta, tok, probs, cfg, model_name=model, progress=progress, on_batch=record_samples_metric
+            ):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+    return n
+
+
+def write_jsonl(records: Iterable[dict], path: Path) -> int:
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n

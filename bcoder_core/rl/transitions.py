@@ -1,0 +1,647 @@
+"""The transition store: programs with their per-token annotation columns (DESIGN §2.6, §2.7).
+
+One record per program (ground truth or generated):
+
+==================  ================================================================================
+``problem_id``      the problem the program answers (str)
+``sample_id``       generated: the sample's ``sample_id``; ground truth: the index of the solution
+``prompt_ids``      the prompt's token ids (int32, as fed to the encoder)
+``program_ids``     the program's token ids, ending in EOS (int32); the ``labels`` of a batch
+``reward``          r(W): the execution reward, +1.0 for ground truth (float)
+``is_gt``           True for reference programs of the training set
+``ckpt_adv``        per program token: A_ckpt(s_t, a_t) (float32, ≤ 0)
+``ckpt_greedy``     per program token: argmax_a ℓ_ckpt(s_t, a) (int32)
+``v_phi``           per program token, optional: φ's raw value output u_φ(s_t) (float32)
+==================  ================================================================================
+
+On-disk format (a directory; ``bcoder annotate`` writes it, the trainers read it)::
+
+    index.json              format name/version, totals, the list of shards, user metadata
+    shard-00000.safetensors at most ``shard_size`` records each
+    shard-00001.safetensors ...
+
+Each shard is a safetensors file of flat ("ragged") arrays; record ``i`` of a shard owns the slice
+``offsets[i]:offsets[i + 1]`` of every per-token array:
+
+==================  ========  =========  =======================================================
+tensor              dtype     shape      content
+==================  ========  =========  =======================================================
+``program_ids``     int32     [N_tok]    all programs' tokens, concatenated
+``program_offsets`` int64     [n + 1]    record i's tokens: program_offsets[i]:program_offsets[i+1]
+``ckpt_adv``        float32   [N_tok]    aligned with ``program_ids``
+``ckpt_greedy``     int32     [N_tok]    aligned with ``program_ids``
+``v_phi``           float32   [N_tok]    aligned with ``program_ids`` (only when annotated with φ)
+``prompt_ids``      int32     [P_tok]    the shard's distinct prompts, concatenated (one per problem)
+``prompt_offsets``  int64     [p + 1]    prompt j: prompt_offsets[j]:prompt_offsets[j+1]
+``prompt_index``    int32     [n]        record i's prompt is prompt ``prompt_index[i]``
+``reward``          float32   [n]
+``is_gt``           uint8     [n]        1 for ground truth
+``sample_id``       int64     [n]
+==================  ========  =========  =======================================================
+
+The shard's safetensors metadata holds ``problem_ids``: a JSON list, the problem id of each
+distinct prompt (``problem_id`` of record i = ``problem_ids[prompt_index[i]]``).
+
+Prompts are stored once per problem and shard, so a problem's many programs cost their program
+tokens only. The writer keeps one shard in memory at a time; the reader memory-maps shards
+(``safe_open``), keeps at most ``cache_shards`` of them open and reads a record's token slices on
+demand, so neither writing nor reading holds the whole store in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcoder_core.errors import BcoderError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bcoder-transitions"
+VERSION = 1
+INDEX_FILE = "index.json"
+SHARD_PATTERN = "shard-{:05d}.safetensors"
+DEFAULT_SHARD_SIZE = 4096
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Transition:
+    """One program and its annotation columns (arrays are numpy, one entry per program token)."""
+
+    problem_id: str
+    sample_id: int
+    prompt_ids: np.ndarray
+    program_ids: np.ndarray
+    reward: float
+    is_gt: bool
+    ckpt_adv: np.ndarray
+    ckpt_greedy: np.ndarray
+    v_phi: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.prompt_ids = np.asarray(self.prompt_ids, dtype=np.int32)
+        self.program_ids = np.asarray(self.program_ids, dtype=np.int32)
+        self.ckpt_adv = np.asarray(self.ckpt_adv, dtype=np.float32)
+        self.ckpt_greedy = np.asarray(self.ckpt_greedy, dtype=np.int32)
+        if self.v_phi is not None:
+            self.v_phi = np.asarray(self.v_phi, dtype=np.float32)
+        n = len(self.program_ids)
+        if n == 0:
+            raise BcoderError(f"transition {self.problem_id}/{self.sample_id}: empty program")
+        for name in ("ckpt_adv", "ckpt_greedy", "v_phi"):
+            col = getattr(self, name)
+            if col is not None and len(col) != n:
+                raise BcoderError(
+                    f"transition {self.problem_id}/{self.sample_id}: column {name} has {len(col)} "
+                    f"entries for {n} program tokens"
+                )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.program_ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+class TransitionWriter:
+    """Streams records into a store directory, one shard in memory at a time.
+
+    Use as a context manager; ``close()`` (called on a clean exit) flushes the last shard and writes
+    ``index.json``. Either every record carries ``v_phi`` or none does.
+    """
+
+    def __init__(
+        self, path: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE, metadata: dict | None = None
+    ) -> None:
+        if shard_size < 1:
+            raise BcoderError(f"transition store {path}: shard_size must be >= 1, got {shard_size}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if (self.path / INDEX_FILE).exists():
+            raise BcoderError(f"transition store {self.path}: already exists (has {INDEX_FILE})")
+        self.shard_size = shard_size
+        self.metadata = dict(metadata or {})
+        self._buffer: list[Transition] = []
+        self._shards: list[dict[str, Any]] = []
+        self._has_v_phi: bool | None = None
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        """Records held in memory, waiting for their shard to be written (≤ shard_size)."""
+        return len(self._buffer)
+
+    @property
+    def num_records(self) -> int:
+        return sum(s["num_records"] for s in self._shards) + len(self._buffer)
+
+    def add(self, rec: Transition) -> None:
+        if self._closed:
+            raise RuntimeError("TransitionWriter is closed")
+        has = rec.v_phi is not None
+        if self._has_v_phi is None:
+            self._has_v_phi = has
+        elif has != self._has_v_phi:
+            raise BcoderError(
+                f"transition store {self.path}: record {rec.problem_id}/{rec.sample_id} "
+                f"{'has' if has else 'lacks'} v_phi, unlike the records before it"
+            )
+        self._buffer.append(rec)
+        if len(self._buffer) >= self.shard_size:
+            self._flush()
+
+    def extend(self, recs: Iterable[Transition]) -> None:
+        for r in recs:
+            self.add(r)
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        from safetensors.numpy import save_file
+
+        recs = self._buffer
+        name = SHARD_PATTERN.format(len(self._shards))
+        prompt_of: dict[str, int] = {}
+        prompts: list[np.ndarray] = []
+        prompt_index = np.empty(len(recs), dtype=np.int32)
+        for i, r in enumerate(recs):
+            j = prompt_of.get(r.problem_id)
+            if j is None:
+                j = prompt_of[r.problem_id] = len(prompts)
+                prompts.append(r.prompt_ids)
+            elif len(prompts[j]) != len(r.prompt_ids) or not np.array_equal(prompts[j], r.prompt_ids):
+                raise BcoderError(
+                    f"transition store {self.path}: problem {r.problem_id} has two different prompts"
+                )
+            prompt_index[i] = j
+        lengths = np.array([r.num_tokens for r in recs], dtype=np.int64)
+        tensors = {
+            "program_ids": np.concatenate([r.program_ids for r in recs]),
+            "program_offsets": _offsets(lengths),
+            "ckpt_adv": np.concatenate([r.ckpt_adv for r in recs]),
+            "ckpt_greedy": np.concatenate([r.ckpt_greedy for r in recs]),
+            "prompt_ids": np.concatenate(prompts).astype(np.int32),
+            "prompt_offsets": _offsets(np.array([len(p) for p in prompts], dtype=np.int64)),
+            "prompt_index": prompt_index,
+            "reward": np.array([r.reward for r in recs], dtype=np.float32),
+            "is_gt": np.array([r.is_gt for r in recs], dtype=np.uint8),
+            "sample_id": np.array([r.sample_id for r in recs], dtype=np.int64),
+        }
+        if self._has_v_phi:
+            tensors["v_phi"] = np.concatenate([r.v_phi for r in recs])
+        save_file(tensors, str(self.path / name), metadata={"problem_ids": json.dumps(list(prompt_of))})
+        n_gt = int(tensors["is_gt"].sum())
+        self._shards.append(
+            {
+                "file": name,
+                "num_records": len(recs),
+                "num_gt": n_gt,
+                "num_tokens": int(lengths.sum()),
+            }
+        )
+        self._buffer = []
+
+    def close(self) -> dict[str, Any]:
+        """Flush the last shard and write ``index.json``; returns the index."""
+        if self._closed:
+            return self.index
+        self._flush()
+        self._closed = True
+        n = sum(s["num_records"] for s in self._shards)
+        n_gt = sum(s["num_gt"] for s in self._shards)
+        self.index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_records": n,
+            "num_gt": n_gt,
+            "num_generated": n - n_gt,
+            "num_program_tokens": sum(s["num_tokens"] for s in self._shards),
+            "shard_size": self.shard_size,
+            "has_v_phi": bool(self._has_v_phi),
+            "shards": self._shards,
+            "metadata": self.metadata,
+        }
+        tmp = self.path / (INDEX_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.index, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.path / INDEX_FILE)
+        return self.index
+
+    def __enter__(self) -> TransitionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def write_transitions(
+    path: str | Path,
+    records: Iterable[Transition],
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    metadata: dict | None = None,
+) -> dict[str, Any]:
+    """Write ``records`` as a store at ``path``; returns the index."""
+    with TransitionWriter(path, shard_size=shard_size, metadata=metadata) as w:
+        w.extend(records)
+    return w.index
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Shard:
+    """A memory-mapped shard: small per-record arrays in memory, token arrays sliced on demand."""
+
+    def __init__(self, path: Path, has_v_phi: bool) -> None:
+        from safetensors import safe_open
+
+        try:
+            self._f = safe_open(str(path), framework="np")
+        except Exception as exc:  # a missing or corrupt shard is the user's artifact problem
+            raise BcoderError(f"transition shard {path}: cannot be read ({exc})") from exc
+        f = self._f
+        self.problem_ids: list[str] = json.loads(f.metadata()["problem_ids"])
+        self.program_offsets = f.get_tensor("program_offsets")
+        self.prompt_offsets = f.get_tensor("prompt_offsets")
+        self.prompt_index = f.get_tensor("prompt_index")
+        self.reward = f.get_tensor("reward")
+        self.is_gt = f.get_tensor("is_gt")
+        self.sample_id = f.get_tensor("sample_id")
+        self.has_v_phi = has_v_phi
+        self._slices = {
+            k: f.get_slice(k)
+            for k in ("program_ids", "ckpt_adv", "ckpt_greedy", "prompt_ids")
+            + (("v_phi",) if has_v_phi else ())
+        }
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    def record(self, i: int) -> Transition:
+        a, b = int(self.program_offsets[i]), int(self.program_offsets[i + 1])
+        j = int(self.prompt_index[i])
+        pa, pb = int(self.prompt_offsets[j]), int(self.prompt_offsets[j + 1])
+        s = self._slices
+        return Transition(
+            problem_id=self.problem_ids[j],
+            sample_id=int(self.sample_id[i]),
+            prompt_ids=s["prompt_ids"][pa:pb],
+            program_ids=s["program_ids"][a:b],
+            reward=float(self.reward[i]),
+            is_gt=bool(self.is_gt[i]),
+            ckpt_adv=s["ckpt_adv"][a:b],
+            ckpt_greedy=s["ckpt_greedy"][a:b],
+            v_phi=s["v_phi"][a:b] if self.has_v_phi else None,
+        )
+
+
+class TransitionStore:
+    """Read access to a store directory: ``store[i]``, ``len(store)``, sequential iteration.
+
+    Random access opens the record's shard lazily and keeps at most ``cache_shards`` shards open
+    (least recently used first out). Per-record token arrays are read from the memory-mapped file
+    on demand.
+    """
+
+    def __init__(self, path: str | Path, *, cache_shards: int = 4) -> None:
+        self.path = Path(path)
+        index_path = self.path / INDEX_FILE
+        if not index_path.is_file():
+            raise BcoderError(f"transition store {self.path}: no {INDEX_FILE} (not a transition store)")
+        try:
+            self.index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BcoderError(f"transition store {index_path}: broken JSON ({exc})") from exc
+        if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
+            raise BcoderError(
+                f"transition store {self.path}: format {self.index.get('format')!r} version "
+                f"{self.index.get('version')!r}, expected {FORMAT!r} version {VERSION}"
+            )
+        self.cache_shards = max(1, int(cache_shards))
+        self._shard_info = self.index["shards"]
+        self._starts = _offsets(np.array([s["num_records"] for s in self._shard_info], dtype=np.int64))
+        self._cache: OrderedDict[int, _Shard] = OrderedDict()
+        self._gt_mask: np.ndarray | None = None
+        self.shard_loads = 0
+        """How many times a shard was opened (for tests and diagnostics)."""
+
+    # -- counts and metadata
+    def __len__(self) -> int:
+        return int(self.index["num_records"])
+
+    @property
+    def num_gt(self) -> int:
+        return int(self.index["num_gt"])
+
+    @property
+    def num_generated(self) -> int:
+        return int(self.index["num_generated"])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shard_info)
+
+    @property
+    def has_v_phi(self) -> bool:
+        return bool(self.index["has_v_phi"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.index.get("metadata", {})
+
+    @property
+    def open_shards(self) -> list[int]:
+        """Shards currently held open (at most ``cache_shards``)."""
+        return list(self._cache)
+
+    # -- random access
+    def _locate(self, i: int) -> tuple[int, int]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record {i} out of range for a store of {n}")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return k, i - int(self._starts[k])
+
+    def _shard(self, k: int) -> _Shard:
+        sh = self._cache.get(k)
+        if sh is not None:
+            self._cache.move_to_end(k)
+            return sh
+        sh = _Shard(self.path / self._shard_info[k]["file"], self.has_v_phi)
+        self.shard_loads += 1
+        self._cache[k] = sh
+        while len(self._cache) > self.cache_shards:
+            self._cache.popitem(last=False)
+        return sh
+
+    def __getitem__(self, i: int) -> Transition:
+        k, j = self._locate(int(i))
+        return self._shard(k).record(j)
+
+    def get_many(self, indices: Sequence[int]) -> list[Transition]:
+        """Records for ``indices``, in that order (reads grouped by shard)."""
+        located = [self._locate(int(i)) for i in indices]
+        out: list[Transition | None] = [None] * len(located)
+        for k in sorted({k for k, _ in located}):
+            sh = self._shard(k)
+            for pos, (kk, j) in enumerate(located):
+                if kk == k:
+                    out[pos] = sh.record(j)
+        return out  # type: ignore[return-value]
+
+    # -- sequential access
+    def __iter__(self) -> Iterator[Transition]:
+        for k in range(self.num_shards):
+            sh = self._shard(k)
+            for j in range(len(sh)):
+                yield sh.record(j)
+
+    def is_gt_mask(self) -> np.ndarray:
+        """Bool array [len(store)]: True where the record is ground truth (read shard by shard)."""
+        if self._gt_mask is None:
+            from safetensors import safe_open
+
+            parts = []
+            for s in self._shard_info:
+                with safe_open(str(self.path / s["file"]), framework="np") as f:
+                    parts.append(f.get_tensor("is_gt").astype(bool))
+            self._gt_mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        return self._gt_mask
+
+    def gt_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.is_gt_mask()).astype(np.int64)
+
+    def generated_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.is_gt_mask()).astype(np.int64)
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+def open_store(path: str | Path, *, cache_shards: int = 4) -> TransitionStore:
+    return TransitionStore(path, cache_shards=cache_shards)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+
+
+def collate(records: Sequence[Transition], pad_id: int) -> dict[str, Any]:
+    """The training batch of docs/architecture.md from records (right padding).
+
+    ``input_ids``/``attention_mask`` [B,S] (prompts, padded with ``pad_id``/0), ``labels`` [B,T]
+    (programs, padded with -100), ``reward`` [B] float32, ``is_gt`` [B] bool, ``ckpt_adv`` [B,T]
+    float32 and ``ckpt_greedy`` [B,T] long (padded with 0), ``v_phi`` [B,T] float32 when every
+    record has it (padded with 0).
+    """
+    import torch
+
+    if not records:
+        raise ValueError("collate: no records")
+    bsz = len(records)
+    s_len = max(len(r.prompt_ids) for r in records)
+    t_len = max(r.num_tokens for r in records)
+    with_v = [r.v_phi is not None for r in records]
+    if any(with_v) and not all(with_v):
+        raise BcoderError("collate: some records have v_phi and some do not")
+
+    input_ids = np.full((bsz, s_len), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((bsz, s_len), dtype=np.int64)
+    labels = np.full((bsz, t_len), IGNORE_INDEX, dtype=np.int64)
+    ckpt_adv = np.zeros((bsz, t_len), dtype=np.float32)
+    ckpt_greedy = np.zeros((bsz, t_len), dtype=np.int64)
+    v_phi = np.zeros((bsz, t_len), dtype=np.float32) if all(with_v) else None
+    for b, r in enumerate(records):
+        p, t = len(r.prompt_ids), r.num_tokens
+        input_ids[b, :p] = r.prompt_ids
+        attention_mask[b, :p] = 1
+        labels[b, :t] = r.program_ids
+        ckpt_adv[b, :t] = r.ckpt_adv
+        ckpt_greedy[b, :t] = r.ckpt_greedy
+        if v_phi is not None:
+            v_phi[b, :t] = r.v_phi
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "labels": torch.from_numpy(labels),
+        "reward": torch.tensor([r.reward for r in records], dtype=torch.float32),
+        "is_gt": torch.tensor([r.is_gt for r in records], dtype=torch.bool),
+        "ckpt_adv": torch.from_numpy(ckpt_adv),
+        "ckpt_greedy": torch.from_numpy(ckpt_greedy),
+    }
+    if v_phi is not None:
+        batch["v_phi"] = torch.from_numpy(v_phi)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# The ρ_real mixing sampler
+
+
+class MixedBatchSampler:
+    """An infinite, deterministic stream of index batches mixing ground truth and generated records.
+
+    Every global batch of ``batch_size`` records holds ``n_real = floor(rho_real·B + 0.5)``
+    ground-truth records and ``B − n_real`` generated ones (DESIGN §2.7). Each pool is walked in
+    a permutation that is reshuffled every epoch of that pool (``numpy`` generator seeded with
+    ``(seed, pool, epoch)``); a batch that crosses the end of an epoch takes the rest of it and the
+    start of the next, so a pool smaller than its share of a batch repeats records.
+
+    Because every batch consumes a fixed number of records from each pool, batch ``k`` is a pure
+    function of ``k``: ``batch(k)`` gives it directly, the state is just the step, and resuming
+    from ``state_dict()`` reproduces the following batches exactly — with any world size.
+
+    DDP: ``batch_size`` is the global batch; rank ``r`` of ``world_size`` gets the positions
+    ``r, r + W, r + 2W, ...`` of it (``B / W`` records; ``B`` must be a multiple of ``W``). The
+    global batch lists its ground-truth records first, so every rank gets ``n_real / W``
+    of them, rounded down or up. Ranks see disjoint parts that together are the global batch.
+
+    When one pool is empty the other fills the whole batch (logged once as a warning).
+    """
+
+    def __init__(
+        self,
+        store: TransitionStore | Any,
+        batch_size: int,
+        rho_real: float,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise BcoderError(f"batch size must be >= 1, got {batch_size}")
+        if not 0.0 <= rho_real <= 1.0:
+            raise BcoderError(f"rho_real must lie in [0, 1], got {rho_real}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise BcoderError(f"rank {rank} is not in a world of size {world_size}")
+        if batch_size % world_size:
+            raise BcoderError(
+                f"global batch size {batch_size} is not a multiple of the world size {world_size}"
+            )
+        if hasattr(store, "gt_indices"):
+            gt, gen = np.asarray(store.gt_indices()), np.asarray(store.generated_indices())
+        else:  # a sequence of records
+            mask = np.array([bool(r.is_gt) for r in store], dtype=bool)
+            gt, gen = np.flatnonzero(mask), np.flatnonzero(~mask)
+        self._pools = {"gt": gt.astype(np.int64), "gen": gen.astype(np.int64)}
+        self.batch_size = int(batch_size)
+        self.rho_real = float(rho_real)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+
+        n_real = math.floor(self.rho_real * self.batch_size + 0.5)
+        if len(gt) == 0 and len(gen) == 0:
+            raise BcoderError("the transition store is empty: nothing to sample batches from")
+        if len(gt) == 0 and n_real > 0:
+            log.warning(
+                "no ground-truth programs in the store: batches hold %d generated programs, not "
+                "%d ground truth + %d generated (rho_real=%s)",
+                self.batch_size, n_real, self.batch_size - n_real, self.rho_real,
+            )  # fmt: skip
+            n_real = 0
+        elif len(gen) == 0 and n_real < self.batch_size:
+            log.warning(
+                "no generated programs in the store: batches hold %d ground-truth programs, not "
+                "%d ground truth + %d generated (rho_real=%s)",
+                self.batch_size, n_real, self.batch_size - n_real, self.rho_real,
+            )  # fmt: skip
+            n_real = self.batch_size
+        self.n_real = n_real
+        self.n_generated = self.batch_size - n_real
+        self.step = 0
+        self._perm_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    def _perm(self, pool: str, epoch: int) -> np.ndarray:
+        key = (pool, epoch)
+        p = self._perm_cache.get(key)
+        if p is None:
+            pool_id = 0 if pool == "gt" else 1
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, pool_id, epoch])
+            p = self._pools[pool][rng.permutation(len(self._pools[pool]))]
+            # keep only the permutations a sequential walk still needs
+            for old in [k for k in self._perm_cache if k[0] == pool and k[1] < epoch - 1]:
+                del self._perm_cache[old]
+            self._perm_cache[key] = p
+        return p
+
+    def _take(self, pool: str, start: int, count: int) -> list[int]:
+        n = len(self._pools[pool])
+        out: list[int] = []
+        pos = start
+        while len(out) < count:
+            epoch, off = divmod(pos, n)
+            chunk = self._perm(pool, epoch)[off : off + (count - len(out))]
+            out.extend(int(x) for x in chunk)
+            pos += len(chunk)
+        return out
+
+    def global_batch(self, step: int) -> list[int]:
+        """All ``batch_size`` indices of batch ``step``: ground truth first, then generated."""
+        idx = self._take("gt", step * self.n_real, self.n_real) if self.n_real else []
+        if self.n_generated:
+            idx += self._take("gen", step * self.n_generated, self.n_generated)
+        return idx
+
+    def batch(self, step: int) -> list[int]:
+        """This rank's part of batch ``step``."""
+        return self.global_batch(step)[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self
+
+    def __next__(self) -> list[int]:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out (goes into checkpoints)."""
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "rho_real": self.rho_real,
+            "num_gt": len(self._pools["gt"]),
+            "num_generated": len(self._pools["gen"]),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in (
+            ("seed", self.seed),
+            ("batch_size", self.batch_size),
+            ("rho_real", self.rho_real),
+            ("num_gt", len(self._pools["gt"])),
+            ("num_generated", len(self._pools["gen"])),
+        ):
+            if key in state and state[key] != mine:
+                raise BcoderError(
+                    f"cannot resume the batch sampler: {key} was {state[key]} in the checkpoint, "
+                    f"is {mine} now"
+                )
+        self.step = int(state["step"])
