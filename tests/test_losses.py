@@ -386,6 +386,18 @@ def test_learned_rewards_computes_phi_on_the_fly_in_eval(ckpt, phi_dir, batch, t
         learned_rewards(bare, no_col, GAMMA)
 
 
+def test_precomputed_encoder_states_give_the_same_losses(ckpt, phi_dir, batch):
+    theta = _trained_theta(ckpt)
+    enc = enc_of(theta, batch)
+    cached = {k: v for k, v in batch.items() if k != "input_ids"} | {"enc": enc}
+    torch.testing.assert_close(
+        theta_loss(theta, cached, GAMMA, 0.1, 0.5)[0], theta_loss(theta, batch, GAMMA, 0.1, 0.5)[0]
+    )
+    torch.testing.assert_close(learned_rewards(theta, cached, GAMMA), learned_rewards(theta, batch, GAMMA))
+    phi = BCoderModel.from_pretrained(ckpt, stage="phi", phi_path=phi_dir)
+    torch.testing.assert_close(phi_loss(phi, cached, GAMMA)[0], phi_loss(phi, batch, GAMMA)[0])
+
+
 def test_batch_errors(ckpt, batch):
     model = BCoderModel.from_pretrained(ckpt, stage="theta")
     with pytest.raises(BcoderError, match="v_phi"):

@@ -113,6 +113,16 @@ def _perturb(params, seed=0, scale=0.05):
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
+def test_saving_keeps_the_train_mode(ckpt, tmp_path):
+    theta = BCoderModel.from_pretrained(ckpt, stage="theta").train()
+    theta.save_pretrained(tmp_path / "theta")
+    assert theta.theta_decoder.training and theta.lm_head.training and not theta.encoder.training
+    theta.generation_model("theta")  # switches the shared modules to eval for sampling
+    assert not theta.theta_decoder.training
+    theta.train()
+    assert theta.theta_decoder.training and not theta.encoder.training
+
+
 def test_saved_theta_loads_in_plain_transformers(ckpt, batch, tmp_path):
     theta = BCoderModel.from_pretrained(ckpt, stage="theta").eval()
     _perturb(theta.trainable_parameters())

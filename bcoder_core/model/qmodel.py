@@ -483,11 +483,15 @@ class BCoderModel(nn.Module):
         raise BcoderError(f"model forward mode {mode!r}: expected sft, phi, theta, ckpt or eval")
 
     # ---------------------------------------------------------------------------------- HF views
-    def generation_model(self, which: Literal["theta", "ckpt"] = "theta") -> nn.Module:
+    def generation_model(
+        self, which: Literal["theta", "ckpt"] = "theta", *, eval_mode: bool = True
+    ) -> nn.Module:
         """A ``T5ForConditionalGeneration`` sharing this model's weights (no copy), for ``generate``.
 
         ``which="theta"``: π_θ = softmax(ℓ_θ) (untied head, no output scaling); ``"ckpt"``: the frozen
-        checkpoint (annotate stage). In stage sft, the trained T5 itself. The view is in eval mode.
+        checkpoint (annotate stage). In stage sft, the trained T5 itself. With ``eval_mode`` (default)
+        the view is switched to eval mode — and with it the modules it shares with this model (call
+        ``train()`` on this model to go back); ``eval_mode=False`` leaves every mode as it is.
         """
         from transformers import GenerationConfig, T5ForConditionalGeneration
 
@@ -518,7 +522,7 @@ class BCoderModel(nn.Module):
         bad = [n for n, p in view.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
         if bad:  # pragma: no cover - every module is replaced above
             raise RuntimeError(f"generation view left parameters on meta: {bad[:3]}")
-        return view.eval()
+        return view.eval() if eval_mode else view
 
     # ---------------------------------------------------------------------------------- saving
     def save_pretrained(self, path: str | Path, stage: str | None = None, tokenizer: Any = None) -> None:
@@ -552,7 +556,7 @@ class BCoderModel(nn.Module):
 
         if self.theta_decoder is None:
             raise BcoderError(f"a {self.stage}-stage model has no theta to save")
-        view = self.generation_model("theta")
+        view = self.generation_model("theta", eval_mode=False)  # saving must not change θ's train mode
         view.config.tie_word_embeddings = False
         view.config.scale_decoder_outputs = False
         view.save_pretrained(str(out))

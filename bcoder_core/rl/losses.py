@@ -2,8 +2,9 @@
 
 Batches (``rl/transitions.py``): ``input_ids [B,S]``, ``attention_mask [B,S]``, ``labels [B,T]``
 (program tokens ending in EOS, right-padded with −100), ``reward [B]``, ``is_gt [B] bool``,
-``ckpt_adv [B,T]``, ``ckpt_greedy [B,T] long``, ``v_phi [B,T]`` (raw u_φ). Position t is the state
-s_t = (D, w_<t) with action a_t = labels[t]; the last real token (the EOS) is step T, the only one
+``ckpt_adv [B,T]``, ``ckpt_greedy [B,T] long``, ``v_phi [B,T]`` (raw u_φ), and optionally
+``enc [B,S,d]``: the frozen encoder's states of the prompts, precomputed (e.g. once per problem;
+DESIGN §2.6) — then ``input_ids`` is not read. Position t is the state s_t = (D, w_<t) with action a_t = labels[t]; the last real token (the EOS) is step T, the only one
 with a reward (r_T = reward); there is no state after it: V(s_{T+1}) = Q(s_{T+1}, ·) = 0.
 
 - ``phi_loss`` (Eq. 12): [r_t + γ·sg(V_φ(s_{t+1})) − (A_ckpt(s_t,a_t) + V_φ(s_t))]², token mean;
@@ -202,6 +203,15 @@ def _batch(batch: dict[str, Any], *names: str) -> list[Tensor]:
     return [batch[n] for n in names]
 
 
+def _encode(m: Any, batch: dict[str, Any]) -> Tensor:
+    """The frozen encoder's states: the batch's precomputed ``enc`` [B,S,d] if present, else encoded now."""
+    enc = batch.get("enc")
+    if enc is not None:
+        return enc
+    input_ids, attention_mask = _batch(batch, "input_ids", "attention_mask")
+    return m.encode(input_ids, attention_mask)
+
+
 def _core(model: Any) -> Any:
     """The BCoderModel inside a DDP / wrapper (``.module``), or the model itself."""
     return getattr(model, "module", model)
@@ -224,12 +234,10 @@ def phi_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """L_V(φ) of DESIGN §2.4 (paper Eq. 12): TD regression of Q_φ = A_ckpt + V_φ."""
     m = _core(model)
-    input_ids, attention_mask, labels, reward, ckpt_adv = _batch(
-        batch, "input_ids", "attention_mask", "labels", "reward", "ckpt_adv"
-    )
+    attention_mask, labels, reward, ckpt_adv = _batch(batch, "attention_mask", "labels", "reward", "ckpt_adv")
     masks = token_masks(labels, reward)
     _check_contiguous(labels, masks)
-    enc = m.encode(input_ids, attention_mask)
+    enc = _encode(m, batch)
     u_phi = m.phi_values(enc, attention_mask, labels).float()
     v = bound(u_phi, r_max)
     q = ckpt_adv.float() + v
@@ -259,14 +267,14 @@ def theta_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """L_ft = L_Q + β_adv·L_adv + β_ce·L_ce of DESIGN §2.5 (paper Eq. 8, 15, 17)."""
     m = _core(model)
-    input_ids, attention_mask, labels, reward, is_gt, greedy, u_phi = _batch(
-        batch, "input_ids", "attention_mask", "labels", "reward", "is_gt", "ckpt_greedy", "v_phi"
+    attention_mask, labels, reward, is_gt, greedy, u_phi = _batch(
+        batch, "attention_mask", "labels", "reward", "is_gt", "ckpt_greedy", "v_phi"
     )
     masks = token_masks(labels, reward)
     _check_contiguous(labels, masks)
     mask, nxt = masks["mask"], masks["next"]
     gt = mask & is_gt.bool()[:, None]
-    enc = m.encode(input_ids, attention_mask)
+    enc = _encode(m, batch)
     logits, u_r = m.theta_outputs(enc, attention_mask, labels)
     l_a, l_g, l_max, lse = token_logit_stats(
         logits, masks["safe"], greedy.masked_fill(~mask, 0), need_lse=beta_ce != 0.0
@@ -304,10 +312,10 @@ def learned_rewards(
     ``phi_path``) when the column is absent. One teacher-forced pass of θ (and φ).
     """
     m = _core(model)
-    input_ids, attention_mask, labels = _batch(batch, "input_ids", "attention_mask", "labels")
+    attention_mask, labels = _batch(batch, "attention_mask", "labels")
     masks = token_masks(labels)
     _check_contiguous(labels, masks)
-    enc = m.encode(input_ids, attention_mask)
+    enc = _encode(m, batch)
     logits, u_r = m.theta_outputs(enc, attention_mask, labels)
     if "v_phi" in batch:
         u_phi = batch["v_phi"]
