@@ -23,7 +23,7 @@ exactly one [B,T,V] gradient in backward — no log-softmax, one-hot or advantag
 vocabulary is kept. Loss arithmetic is in fp32 whatever the autocast dtype.
 
 Each loss returns ``(loss, stats)``; ``stats`` is a dict of floats: ``loss`` and every term
-``loss_<term>``, ``q_mean``, ``v_mean``, ``adv_mean`` (token means over the batch), ``tokens`` and
+``loss_<term>`` (theta: ``loss_q``, ``loss_adv``, and ``loss_ce`` unless β_ce = 0; phi: ``loss_v``), ``q_mean``, ``v_mean``, ``adv_mean`` (token means over the batch), ``tokens`` and
 ``gt_tokens``. They are read from the device with a single synchronisation.
 """
 
@@ -286,13 +286,14 @@ def theta_loss(
     target = masks["r"] + gamma * _shift_left(q_greedy.detach(), nxt)
     loss_q = _masked_mean((target - q) ** 2, mask)
     loss_adv = _masked_mean(adv.abs(), gt)
-    loss_ce = _masked_mean(lse - l_a, gt)
-    loss = loss_q + beta_adv * loss_adv + beta_ce * loss_ce
+    terms = {"loss_q": loss_q, "loss_adv": loss_adv}
+    loss = loss_q + beta_adv * loss_adv
+    if beta_ce != 0.0:  # the logsumexp is only computed when L_ce is part of the loss
+        terms["loss_ce"] = _masked_mean(lse - l_a, gt)
+        loss = loss + beta_ce * terms["loss_ce"]
     return loss, _stats(
         loss=loss,
-        loss_q=loss_q,
-        loss_adv=loss_adv,
-        loss_ce=loss_ce,
+        **terms,
         q_mean=_masked_mean(q.detach(), mask),
         v_mean=_masked_mean(v.detach(), mask),
         adv_mean=_masked_mean(adv.detach(), mask),
