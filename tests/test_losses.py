@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from model_helpers import annotate, make_batch, make_checkpoint
 
 from bcoder_core.errors import BcoderError
-from bcoder_core.model.qmodel import BCoderModel
+from bcoder_core.model.qmodel import PHI_HEAD_INIT_BIAS, BCoderModel
 from bcoder_core.rl import losses
 from bcoder_core.rl.bounds import R_MAX, bound
 from bcoder_core.rl.losses import (
@@ -224,12 +224,30 @@ def test_phi_loss_matches_token_by_token_reference(ckpt, phi_dir, batch, gamma):
     assert all(isinstance(v, float) for v in stats.values())
 
 
-def test_phi_loss_at_init_uses_v_equal_r_max(ckpt, batch):
-    model = BCoderModel.from_pretrained(ckpt, stage="phi")
+def test_phi_learns_from_its_initialisation(ckpt, batch):
+    """The head starts at u = PHI_HEAD_INIT_BIAS (not the stationary u = 0): gradients flow, TD error falls."""
+    model = BCoderModel.from_pretrained(ckpt, stage="phi").train()
+    # programs the checkpoint would write itself (A_ckpt ≈ 0) that fail: V_φ must come down from R_max
+    batch = {
+        **batch,
+        "ckpt_adv": torch.zeros_like(batch["ckpt_adv"]),
+        "reward": torch.tensor([-1.0, -0.6, -0.3, 1.0]),
+    }
     loss, stats = phi_loss(model, batch, GAMMA)
-    assert stats["v_mean"] == 1.0
-    zero = [[0.0] * batch["labels"].shape[1] for _ in range(batch["labels"].shape[0])]
-    assert loss.item() == pytest.approx(ref_phi_loss(zero, batch, GAMMA), rel=1e-5)
+    assert stats["v_mean"] == pytest.approx(R_MAX - math.log(math.cosh(PHI_HEAD_INIT_BIAS / 2)), abs=1e-6)
+    init = [[PHI_HEAD_INIT_BIAS] * batch["labels"].shape[1] for _ in range(batch["labels"].shape[0])]
+    assert loss.item() == pytest.approx(ref_phi_loss(init, batch, GAMMA), rel=1e-5)
+    loss.backward()
+    assert model.phi_head.bias.grad.abs().item() > 0 and model.phi_head.weight.grad.abs().sum() > 0
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, weight_decay=0.05)
+    first = loss.item()
+    for _ in range(30):
+        opt.step()
+        opt.zero_grad()
+        loss, _ = phi_loss(model, batch, GAMMA)
+        loss.backward()
+    assert loss.item() < 0.5 * first
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.phi_decoder.parameters())
 
 
 def _trained_theta(ckpt, seed=5, scale=0.05):

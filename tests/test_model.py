@@ -11,7 +11,15 @@ from transformers import T5ForConditionalGeneration
 
 from bcoder_core.errors import BcoderError
 from bcoder_core.model.build import count_parameters, model_config
-from bcoder_core.model.qmodel import HEADS_WEIGHTS, PHI_CONFIG, PHI_WEIGHTS, BCoderModel, shift_right
+from bcoder_core.model.qmodel import (
+    HEADS_WEIGHTS,
+    PHI_CONFIG,
+    PHI_HEAD_INIT_BIAS,
+    PHI_WEIGHTS,
+    BCoderModel,
+    shift_right,
+)
+from bcoder_core.rl.bounds import R_MAX, bound
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +106,15 @@ def test_untied_head_matches_when_rescale_is_not_a_power_of_two(tmp_path, batch)
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_phi_starts_at_r_max(ckpt, batch):
+def test_phi_starts_near_r_max(ckpt, batch):
     phi = BCoderModel.from_pretrained(ckpt, stage="phi")
     enc = phi.encode(batch["input_ids"], batch["attention_mask"])
     u = phi.phi_values(enc, batch["attention_mask"], batch["labels"])
     assert u.shape == batch["labels"].shape
-    assert (u == 0).all()
+    # zero weight, bias PHI_HEAD_INIT_BIAS: uniform and optimistic, V = R_max − log cosh(0.05)
+    assert (u == torch.tensor(PHI_HEAD_INIT_BIAS)).all()
+    v = bound(u)
+    assert (v < R_MAX).all() and (v > R_MAX - 0.002).all()
 
 
 def _perturb(params, seed=0, scale=0.05):

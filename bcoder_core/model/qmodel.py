@@ -31,6 +31,14 @@ so here:
   power of 4, e.g. 1024; to float rounding otherwise);
 - θ_ckpt keeps the checkpoint's own head and scaling.
 
+**The φ head** (DESIGN §2.2 says "a linear layer d_model → 1, zero-initialised"): its weight is
+zero-initialised, its bias is ``PHI_HEAD_INIT_BIAS`` = 0.1, not 0. With an all-zero head u_φ ≡ 0, and
+u = 0 is the stationary point of the bound (dV/du = −tanh(u/2)/2 = 0): no gradient would ever reach
+the head or the decoder and φ could not learn. With the bias at 0.1, V_φ starts uniform and
+optimistic, R_max − log cosh(0.05) ≈ R_max − 0.00125, the TD error has a non-zero gradient
+(−tanh(0.05)/2 ≈ −0.025 per unit of error; Adam's normalised steps make its size irrelevant),
+and the weight leaves zero on the first step, after which the decoder gets gradients too.
+
 **Saved formats.**
 
 - θ (stage theta/eval): a plain Hugging Face ``T5ForConditionalGeneration`` directory
@@ -67,6 +75,7 @@ __all__ = [
     "HEADS_WEIGHTS",
     "PHI_CONFIG",
     "PHI_FORMAT",
+    "PHI_HEAD_INIT_BIAS",
     "PHI_WEIGHTS",
     "STAGES",
     "BCoderModel",
@@ -79,6 +88,8 @@ HEADS_WEIGHTS = "heads.safetensors"
 PHI_WEIGHTS = "phi.safetensors"
 PHI_CONFIG = "phi_config.json"
 PHI_FORMAT = "bcoder-phi/1"
+# u_φ at init (module docstring, "The φ head"): V_φ = R_max − log cosh(0.05) ≈ R_max − 0.00125 everywhere.
+PHI_HEAD_INIT_BIAS = 0.1
 
 
 def shift_right(labels: Tensor, start_id: int = 0, pad_id: int = 0) -> Tensor:
@@ -217,7 +228,7 @@ class BCoderModel(nn.Module):
             self.phi_decoder = t5.decoder
             self.phi_head = _linear(self.d_model, 1, like=t5.shared.weight)
             nn.init.zeros_(self.phi_head.weight)
-            nn.init.zeros_(self.phi_head.bias)
+            nn.init.constant_(self.phi_head.bias, PHI_HEAD_INIT_BIAS)
             if phi_state is not None:  # resume
                 self._load_phi_state(phi_state)
         else:  # theta, eval
