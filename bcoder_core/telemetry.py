@@ -7,7 +7,9 @@ with ``REGISTRY.get_sample_value(name, labels)`` and nothing else in the process
 Rank 0 of a training job calls :func:`serve` once; Prometheus scrapes ``/metrics`` on the port
 named ``metrics`` (default 9090, see ``k8s/monitoring/podmonitor.yaml``). Every ``record_*``
 call is a few dictionary look-ups and additions under a lock, so stages call them unconditionally
-(on every rank, served or not).
+(on every rank, served or not). The end of a stage (:func:`record_stage_completed` /
+:func:`record_stage_failed`) waits, when a Prometheus scrapes this process regularly, for one more
+scrape (at most 30 s) so that the outcome is recorded before the process exits.
 
 Conventions: one prefix ``bcoder_``; base units (``_seconds``, ``_bytes``); counters end in
 ``_total``; labels come only from ``stage`` (sft, phi, theta, sample, annotate, rank, execute,
@@ -194,6 +196,52 @@ METRIC_NAMES: tuple[str, ...] = tuple(
     sorted({m.name for m in REGISTRY.collect() if m.name.startswith("bcoder_")} | set(_GPU_HELP))
 )
 
+
+def _series_names() -> frozenset[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    families = [*REGISTRY.collect(), *_GPU.describe()]
+    return frozenset(
+        f.name + suffix for f in families if f.name.startswith("bcoder_") for suffix in suffixes[f.type]
+    )
+
+
+#: Every ``bcoder_*`` series name that appears on /metrics (what rules and dashboards may use).
+SERIES_NAMES: frozenset[str] = _series_names()
+
+
+class _ScrapeTracker:
+    """The registry as served over HTTP; counts scrapes so that a stage's end can wait for one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.started = 0
+        self.finished = 0  # index of the latest scrape (by start order) that has finished
+        self.last_finished_at = 0.0  # time.monotonic() of the latest finished scrape
+
+    def collect(self):
+        with self._cond:
+            self.started += 1
+            index = self.started
+        yield from REGISTRY.collect()
+        with self._cond:
+            self.finished = max(self.finished, index)
+            self.last_finished_at = time.monotonic()
+            self._cond.notify_all()
+
+    def restricted_registry(self, names):
+        return REGISTRY.restricted_registry(names)
+
+    def wait_for_next_scrape(self, timeout: float) -> bool:
+        """Wait until a scrape that starts after this call has finished; False on time-out."""
+        with self._cond:
+            # Only a regular scraper is worth waiting for: seen at least twice, lately.
+            if self.finished < 2 or time.monotonic() - self.last_finished_at > timeout:
+                return False
+            after = self.started
+            return self._cond.wait_for(lambda: self.finished > after, timeout=timeout)
+
+
+_TRACKER = _ScrapeTracker()
 _server_lock = threading.Lock()
 _server: tuple[object, int] | None = None  # (http server, bound port)
 
@@ -212,7 +260,7 @@ def serve(port: int = DEFAULT_PORT, addr: str = "0.0.0.0") -> int:
         if _server is not None:
             return _server[1]
         try:
-            httpd, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+            httpd, _thread = start_http_server(port, addr=addr, registry=_TRACKER)
         except OSError as exc:
             raise BcoderError(f"metrics server on {addr}:{port}: {exc.strerror or exc}") from None
         bound = int(httpd.server_port)
@@ -284,16 +332,42 @@ def record_stage_started(stage: str) -> None:
 
 
 def record_stage_completed(stage: str) -> None:
-    """``stage`` finished successfully: last-success time now, running = 0."""
+    """``stage`` finished successfully: last-success time now, running = 0.
+
+    The process usually exits right after; see :func:`wait_for_final_scrape`.
+    """
     STAGE_SUCCESS.labels(stage).set(time.time())
     STAGE_RUNNING.labels(stage).set(0)
+    wait_for_final_scrape()
 
 
 def record_stage_failed(stage: str) -> None:
-    """``stage`` ended in an error: failures + 1, last-failure time now, running = 0."""
+    """``stage`` ended in an error: failures + 1, last-failure time now, running = 0.
+
+    The process usually exits right after; see :func:`wait_for_final_scrape`.
+    """
     STAGE_FAILURES.labels(stage).inc()
     STAGE_FAILURE_TIME.labels(stage).set(time.time())
     STAGE_RUNNING.labels(stage).set(0)
+    wait_for_final_scrape()
+
+
+def wait_for_final_scrape(timeout: float | None = None) -> bool:
+    """Block until Prometheus has scraped the current values once more, so that the end of a stage
+    (success or failure) is seen before the process exits.
+
+    Only waits when this process serves metrics and is scraped regularly (at least twice, the last
+    time within ``timeout``; never in local runs nobody scrapes); at most ``timeout`` seconds (default ``$BCODER_METRICS_FINAL_SCRAPE_S`` or 30,
+    two scrape intervals of the shipped PodMonitor). Returns True if a scrape happened.
+    """
+    if _server is None:
+        return False
+    if timeout is None:
+        timeout = float(os.environ.get("BCODER_METRICS_FINAL_SCRAPE_S", "30"))
+    scraped = _TRACKER.wait_for_next_scrape(timeout)
+    if scraped:
+        time.sleep(0.2)  # the scrape's response is still being written by the server thread
+    return scraped
 
 
 def _as_float(value: object) -> float:
