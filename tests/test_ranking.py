@@ -156,3 +156,28 @@ def test_cli_rank(tmp_path, world):
     assert f"rank: scored {len(world['samples'])} samples of 4 problems" in run.stderr
     ranked = list(read_jsonl(tmp_path / "ranked.jsonl"))
     assert all(isinstance(x["score"], float) for x in ranked)
+
+
+def test_bench_sample_rank_runs(tmp_path):
+    """The benchmark runs end to end on a tiny setting (its numbers are not asserted)."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_sample_rank.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [
+        "--shape",
+        "tiny",
+        "--problems",
+        "2",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--repeat",
+        "1",
+    ]
+    run = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert "ratio rank/sample = " in run.stdout

@@ -215,19 +215,36 @@ def pick_tokens(logits, u, temperature: float, top_p: float):
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-    cum = sorted_p.cumsum(dim=-1)
-    if top_p < 1.0:
-        # keep a token if the mass before it is below top_p (the first token is always kept)
-        keep = (cum - sorted_p) < top_p
-        sorted_p = sorted_p * keep
-        cum = sorted_p.cumsum(dim=-1)
+    if top_p >= 1.0:  # no nucleus: the inverse CDF in vocabulary order, no sorting at all
+        cum = probs.cumsum(dim=-1)
+        return _inverse_cdf(cum, probs, u)
+    # The nucleus lies among the k most probable tokens once their mass reaches top_p: a partial
+    # top-k (k = 64, 512, 4096, ... V) replaces a full sort of the vocabulary (56 ms for 16 x 32k on
+    # one CPU core), and a trained model's nucleus is small.
+    vocab = probs.shape[-1]
+    k = min(vocab, 64)
+    while True:
+        top_v, top_i = torch.topk(probs, k, dim=-1, sorted=True)
+        cum = top_v.cumsum(dim=-1)
+        if k == vocab or bool((cum[:, -1] >= top_p).all()):
+            break
+        k = min(vocab, k * 8)
+    # keep a token if the mass before it is below top_p (the first token is always kept)
+    keep = (cum - top_v) < top_p
+    top_v = top_v * keep
+    pos = _inverse_cdf(top_v.cumsum(dim=-1), top_v, u)
+    return top_i.gather(1, pos.unsqueeze(1)).squeeze(1)
+
+
+def _inverse_cdf(cum, p, u):
+    """Per row, the first position whose cumulative mass exceeds u·total (never a zero-mass one)."""
+    import torch
+
     target = (u.to(cum.device, torch.float64) * cum[:, -1].double()).to(cum.dtype).unsqueeze(1)
-    pos = torch.searchsorted(cum, target, right=True).clamp_(max=cum.shape[1] - 1)
-    # searchsorted can land on a dropped (zero-probability) tail token when u·total rounds to total
-    n_kept = (sorted_p > 0).sum(dim=-1, keepdim=True)
-    pos = torch.minimum(pos, n_kept - 1)
-    return order.gather(1, pos).squeeze(1)
+    pos = torch.searchsorted(cum, target, right=True).clamp_(max=cum.shape[1] - 1).squeeze(1)
+    # u·total can round up to the total: step back to the last position with mass
+    last = (p > 0).cumsum(dim=-1).argmax(dim=-1)
+    return torch.minimum(pos, last)
 
 
 def generate(
