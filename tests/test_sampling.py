@@ -233,3 +233,19 @@ def test_cli_sample_writes_samples_jsonl(tmp_path, model, tok, problems):
 def test_samples_file_is_json_lines(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"problem_id": "p", "sample_id": 0, "code": "x"}) + "\n\n")
     assert list(read_jsonl(tmp_path / "a.jsonl")) == [{"problem_id": "p", "sample_id": 0, "code": "x"}]
+
+
+def test_run_sample_reports_samples_to_telemetry(tmp_path, model, tok, problems, monkeypatch):
+    from bcoder_core import telemetry
+    from bcoder_core.rl.sampling import run_sample
+
+    counted = []
+    monkeypatch.setattr(telemetry, "record_samples", counted.append)
+    ckpt = save_checkpoint(model, tok, tmp_path / "theta")
+    write_problems(problems, tmp_path / "problems.jsonl")
+    cfg = SamplingConfig(num_samples=2, max_new_tokens=4, batch_size=3)
+    n = run_sample(str(ckpt), str(tmp_path / "problems.jsonl"), str(tmp_path / "out"), cfg, progress=False)
+    assert n == 10 and sum(counted) == 10 and len(counted) == 4  # one call per batch
+    # an output URI without a suffix is an artifact directory holding samples.jsonl
+    assert len(list(read_jsonl(tmp_path / "out" / "samples.jsonl"))) == 10
+    assert (tmp_path / "out" / "manifest.json").is_file()

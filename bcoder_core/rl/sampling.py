@@ -16,6 +16,7 @@ finished ones pay for their steps.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -399,7 +400,12 @@ def load_theta(model_dir: str, device=None, dtype: str = "auto"):
     dev = pick_device(device)
     torch_dtype = _dtype(dtype, dev)
     try:
-        model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype)
+        from bcoder_core.model.qmodel import _quiet_untied_notice as quiet  # θ's head is untied on purpose
+    except ImportError:  # pragma: no cover
+        quiet = contextlib.nullcontext
+    try:
+        with quiet():
+            model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype)
     except OSError as exc:
         raise BcoderError(f"{model_dir}: cannot load a T5 checkpoint ({exc})") from None
     return model.to(dev).eval()

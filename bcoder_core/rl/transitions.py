@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -572,6 +573,7 @@ class MixedBatchSampler:
         self.n_generated = self.batch_size - n_real
         self.step = 0
         self._perm_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._lock = threading.Lock()  # batch(k) may be asked for from loader threads
 
     @property
     def local_batch_size(self) -> int:
@@ -579,6 +581,10 @@ class MixedBatchSampler:
 
     def _perm(self, pool: str, epoch: int) -> np.ndarray:
         key = (pool, epoch)
+        with self._lock:
+            return self._perm_locked(pool, epoch, key)
+
+    def _perm_locked(self, pool: str, epoch: int, key: tuple[str, int]) -> np.ndarray:
         p = self._perm_cache.get(key)
         if p is None:
             pool_id = 0 if pool == "gt" else 1
