@@ -1,1 +1,13 @@
-"""bcoder_core.train"""
+"""Training stages (DESIGN §2.4, §2.5, §5): one explicit loop per stage plus the shared pieces.
+
+- ``sft.py``    ``train_sft(SFTConfig)``: supervised fine-tuning of the whole T5 (the stand-in checkpoint)
+- ``phi.py``    ``train_phi(PhiConfig)``: V_φ with the conservative TD loss
+- ``theta.py``  ``train_theta(ThetaConfig)``: Q_θ with L_Q + β_adv·L_adv + β_ce·L_ce
+- ``checkpoint.py``  step_N/ checkpoints, the ``latest`` marker, exact resume, the final export
+- ``dist.py``   torch.distributed under torchrun (gloo on CPU, NCCL on GPU), rank-0 gating
+- ``optim.py``  AdamW and the constant / linear-decay schedules
+- ``common.py`` precision, DDP wrapping, micro-batches, prefetching, logging and telemetry
+
+Each ``train_*`` returns a ``TrainResult`` (the final model URI and the logged loss curve); the
+``bcoder train sft|phi|theta`` commands (``jobs/train.py``) call them.
+"""

@@ -1,0 +1,402 @@
+"""Typed, frozen training configurations loaded from YAML with ``a.b=value`` overrides (DESIGN §5).
+
+Every config is a frozen dataclass whose fields carry *attribute docstrings* (a string literal right
+after the field); :func:`field_docs` reads them from the source so ``bcoder train phi --show-config``
+can print each resolved value next to what it means. Loading is strict: an unknown key or a value of
+the wrong type is one :class:`~bcoder_core.errors.ConfigError` line naming the key and the file (or
+``<override>`` for a command-line override).
+
+The stage configs (:class:`SFTConfig`, :class:`PhiConfig`, :class:`ThetaConfig`) share
+:class:`TrainConfig`; the paper's APPS presets and the tiny CPU presets live in ``configs/train/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import re
+import textwrap
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from bcoder_core.errors import ConfigError
+
+T = TypeVar("T")
+
+_REQUIRED = "<required>"
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+# --------------------------------------------------------------------------------------------------
+# The configurations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Where the model's weights and tokenizer come from."""
+
+    init: str = ""
+    """Hugging Face T5 checkpoint directory or artifact URI to start from (CodeT5-large-ntp-py, the
+    CodeRL checkpoint, or an sft output). Empty: random initialisation from `t5_config`."""
+    t5_config: str = ""
+    """T5 config JSON used for random initialisation when `init` is empty (e.g.
+    configs/models/tiny.json); ignored when `init` is set."""
+    tokenizer: str = "auto"
+    """Tokenizer: "auto" (the one saved in `init` if it has one, else "codet5"), "codet5" (bundled),
+    "tiny", a tokenizer directory, or "train:<vocab_size>" (sft only: train a tiny byte-level BPE on
+    the problem set first). It is saved with the exported model so later stages find it."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 1e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.999
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """Learning-rate schedule after warm-up: constant, or linear decay to 0 at `max_steps`."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to `lr` (the paper uses none)."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Prometheus metrics served by rank 0 (DESIGN §6)."""
+
+    enable: bool = True
+    """Serve /metrics from rank 0 during training."""
+    port: int = 9090
+    """Port of the /metrics endpoint."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Settings shared by the sft, phi and theta stages."""
+
+    seed: int = 0
+    """Seed of every random number generator (python, numpy, torch, data order)."""
+    output: str
+    """Output URI (local directory or s3://bucket/prefix): step_N/ checkpoints, the `latest` marker,
+    and the exported model in final/."""
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    """Model initialisation and tokenizer."""
+    max_source_tokens: int = 600
+    """Prompt length limit in tokens."""
+    max_target_tokens: int = 512
+    """Program length limit in tokens."""
+    batch_size: int = 16
+    """Programs per device per micro-batch; the global batch is batch_size x grad_accum x world size."""
+    grad_accum: int = 1
+    """Gradient accumulation: micro-batches per optimiser step."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    max_steps: int = 1000
+    """Optimiser steps to train for."""
+    save_every: int = 500
+    """Write a checkpoint every this many optimiser steps (and always at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Keep at most this many step_N/ checkpoints (older ones are deleted after a successful save);
+    0 keeps all."""
+    log_every: int = 10
+    """Log a line (and record telemetry) every this many optimiser steps."""
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    """Prometheus metrics."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Compute precision: "auto" = bf16 autocast on CUDA, fp32 on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device: "auto" picks CUDA when available."""
+    num_workers: int = 1
+    """Background threads that read and collate the next batches while a step runs (0: load in the
+    training loop)."""
+    dropout: float | None = None
+    """Override the model's dropout rate (None keeps the checkpoint's)."""
+    ddp_find_unused: bool = False
+    """Pass find_unused_parameters=True to DistributedDataParallel."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning of the whole T5 on (prompt, tab re-indented solution) pairs: the
+    stand-in checkpoint where no public one exists (the built-in benchmark)."""
+
+    problems: str
+    """Problem set URI (JSONL or a directory of shards); every reference solution is a target."""
+    max_solutions_per_problem: int = 0
+    """Use at most this many reference solutions per problem (0: all)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PhiConfig(TrainConfig):
+    """Phi stage: pre-train V_phi with the conservative TD loss (DESIGN §2.4, paper Eq. 12)."""
+
+    transitions: str
+    """Transition store URI written by `bcoder annotate` (needs ckpt_adv)."""
+    gamma: float = 0.999
+    """Discount factor."""
+    rho_real: float = 0.5
+    """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ThetaConfig(TrainConfig):
+    """Theta stage: fine-tune Q_theta with L_Q + beta_adv L_adv + beta_ce L_ce (DESIGN §2.5)."""
+
+    transitions: str
+    """Transition store URI written by `bcoder annotate --phi` (needs ckpt_adv, ckpt_greedy, v_phi)."""
+    phi: str = ""
+    """Phi checkpoint URI (the phi stage's final/ export). V_phi itself comes from the store's v_phi
+    column; when set, phi is checked and copied beside θ in final/, so ranking needs one directory."""
+    gamma: float = 0.999
+    """Discount factor."""
+    beta_q: float = 1.0
+    """Weight of the TD term L_Q: 1 is B-Coder; 0 is the ablation "theta without RL" (only the
+    ground-truth terms L_adv, L_ce train θ)."""
+    beta_adv: float = 0.1
+    """Weight of the advantage regulariser L_adv."""
+    beta_ce: float = 0.5
+    """Weight of the cross-entropy term L_ce on ground-truth programs."""
+    alpha: float = 1.0
+    """Policy temperature alpha of the energy-based policy."""
+    rho_real: float = 0.5
+    """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "phi": PhiConfig, "theta": ThetaConfig}
+
+
+# --------------------------------------------------------------------------------------------------
+# Field documentation
+# --------------------------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstring of every field of dataclass ``cls`` (base classes included)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (frozen app): fields stay undocumented
+            continue
+        body = ast.parse(source).body[0]
+        assert isinstance(body, ast.ClassDef)
+        stmts = body.body
+        for prev, nxt in itertools.pairwise(stmts):
+            if (
+                isinstance(prev, ast.AnnAssign)
+                and isinstance(prev.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[prev.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against type ``tp`` and return it (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, where, prefix=f"{key}.")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is not bool:
+            return value
+        raise ConfigError(f"{where}: {key} must be one of {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, where `1e-5` (no dot) is a string: accept that spelling.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a config class uses a type this loader does not know
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            known = ", ".join(prefix + f for f in fields)
+            raise ConfigError(f"{where}: unknown key {prefix}{name!s} (known: {known})")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {prefix}{name}")
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"<override>: {text!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"<override>: {key}: value {raw!r} is not a YAML scalar ({exc.problem})") from None
+    return key.split("."), value
+
+
+def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None:
+    """Set ``parts`` in the nested mapping, checking each key against the dataclass."""
+    node, klass = data, cls
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(klass)}
+        dotted = ".".join(parts[: i + 1])
+        if part not in fields:
+            raise ConfigError(f"<override>: unknown key {dotted}")
+        tp = typing.get_type_hints(klass)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
+                raise ConfigError(f"<override>: {dotted} is a section; set one of its keys")
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"<override>: {dotted} is not a section")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"<override>: {dotted} must be a mapping")
+        node, klass = child, tp
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``cls`` from the YAML file ``path`` (optional) with ``a.b=value`` overrides applied.
+
+    Override values are parsed as YAML scalars (``lr=3e-5`` is a float, ``enable=false`` a bool).
+    Raises ConfigError (one line naming the key and the file) on an unknown key, a wrong type, a
+    missing required key, or unreadable YAML.
+    """
+    data: dict = {}
+    where = str(path) if path is not None else "<override>"
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    override_keys = set()
+    for text in overrides:
+        parts, value = _parse_override(text)
+        _apply_override(data, cls, parts, value)
+        override_keys.add(".".join(parts))
+    try:
+        return _build(cls, data, where)
+    except ConfigError as exc:
+        # A bad value that came from an override is the override's fault, not the file's.
+        msg = str(exc)
+        for key in override_keys:
+            if msg.startswith(f"{where}: {key} ") and where != "<override>":
+                raise ConfigError(msg.replace(where, "<override>", 1)) from None
+        raise
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config (YAML/JSON-able)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write ``cfg`` as YAML; :func:`load_config` reads it back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def describe_config(cls: type, cfg: Any | None = None, indent: int = 0) -> str:
+    """The resolved config (or the defaults of ``cls``) as commented YAML: each key with its doc."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    lines: list[str] = []
+    pad = " " * indent
+    for field in dataclasses.fields(cls):
+        doc = docs.get(field.name, "")
+        tp = hints[field.name]
+        for doc_line in textwrap.wrap(f"{doc} [{_type_name(tp)}]" if doc else f"[{_type_name(tp)}]", 96):
+            lines.append(f"{pad}# {doc_line}")
+        if cfg is not None:
+            value = getattr(cfg, field.name)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            value = _REQUIRED
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{pad}{field.name}:")
+            lines.append(describe_config(tp, value, indent + 2))
+        else:
+            rendered = yaml.safe_dump({field.name: value}, default_flow_style=True, width=10**6).strip()
+            lines.append(pad + rendered.strip("{}"))
+    return "\n".join(lines)
