@@ -235,6 +235,11 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
         return _build(tp, value, where, prefix=f"{key}.")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin is Literal:
         if value in typing.get_args(tp) and type(value) is not bool:
             return value

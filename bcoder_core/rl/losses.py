@@ -264,8 +264,12 @@ def theta_loss(
     beta_ce: float,
     alpha: float = 1.0,
     r_max: float = R_MAX,
+    beta_q: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """L_ft = L_Q + β_adv·L_adv + β_ce·L_ce of DESIGN §2.5 (paper Eq. 8, 15, 17)."""
+    """L_ft = β_q·L_Q + β_adv·L_adv + β_ce·L_ce of DESIGN §2.5 (paper Eq. 8, 15, 17).
+
+    β_q is 1 in the paper; the L_ce-only ablation sets β_q = β_adv = 0 (L_Q is still reported).
+    """
     m = _core(model)
     attention_mask, labels, reward, is_gt, greedy, u_phi = _batch(
         batch, "attention_mask", "labels", "reward", "is_gt", "ckpt_greedy", "v_phi"
@@ -287,7 +291,7 @@ def theta_loss(
     loss_q = _masked_mean((target - q) ** 2, mask)
     loss_adv = _masked_mean(adv.abs(), gt)
     terms = {"loss_q": loss_q, "loss_adv": loss_adv}
-    loss = loss_q + beta_adv * loss_adv
+    loss = beta_q * loss_q + beta_adv * loss_adv
     if beta_ce != 0.0:  # the logsumexp is only computed when L_ce is part of the loss
         terms["loss_ce"] = _masked_mean(lse - l_a, gt)
         loss = loss + beta_ce * terms["loss_ce"]

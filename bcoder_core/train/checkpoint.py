@@ -248,11 +248,27 @@ def load_training_state(
     return int(meta["step"]), rank_state["data"]
 
 
-def export_final(info: DistInfo, output: str, write_model: Callable[[Path], None], config: Any) -> str:
-    """Write the trained model to ``<output>/final`` (rank 0) and return that URI."""
+def export_final(
+    info: DistInfo,
+    output: str,
+    write_model: Callable[[Path], None],
+    config: Any,
+    history: list[dict[str, float]] | None = None,
+) -> str:
+    """Write the trained model to ``<output>/final`` (rank 0) and return that URI.
+
+    ``history`` (the logged loss windows of this process's run) goes beside it as ``history.json``
+    for the pipeline's training-curve plots; a resumed run logs only the steps it ran itself.
+    """
     uri = storage.join(output, "final")
     if info.is_main:
-        _export(output, uri, write_model, config)
+
+        def write_all(target: Path) -> None:
+            write_model(target)
+            if history is not None:
+                (target / "history.json").write_text(json.dumps(history) + "\n")
+
+        _export(output, uri, write_all, config)
     barrier(info)
     return uri
 

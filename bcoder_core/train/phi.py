@@ -157,7 +157,7 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
             loader.close()
 
             # ---- export: φ decoder + value head, read by annotate --phi, theta and rank
-            final = ckpt.export_final(info, cfg.output, write_model, cfg)
+            final = ckpt.export_final(info, cfg.output, write_model, cfg, logger.history)
             log.info("phi: done, model in %s", final)
             return TrainResult(final=final, history=logger.history)
     finally:

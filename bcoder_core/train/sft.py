@@ -304,7 +304,7 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
             loader.close()
 
             # ---- export: a plain HF T5 directory with its tokenizer (the stand-in checkpoint)
-            final = ckpt.export_final(info, cfg.output, write_model, cfg)
+            final = ckpt.export_final(info, cfg.output, write_model, cfg, logger.history)
             log.info("sft: done, model in %s", final)
             return TrainResult(final=final, history=logger.history)
     finally:

@@ -15,7 +15,6 @@ Run: ``bcoder train theta --config configs/train/theta-apps.yaml`` (or under
 from __future__ import annotations
 
 import functools
-import inspect
 import shutil
 import tempfile
 import time
@@ -102,14 +101,12 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
             pad_id = model.pad_token_id
 
             # ---- loss, optimiser, schedule
-            weights = {"beta_adv": cfg.beta_adv, "beta_ce": cfg.beta_ce, "alpha": cfg.alpha}
-            if cfg.beta_q != 1.0:
-                # Only the ablation passes beta_q, so the paper's loss works with any losses.py.
-                if "beta_q" not in inspect.signature(theta_loss).parameters:
-                    raise BcoderError(
-                        "config: beta_q != 1 needs rl.losses.theta_loss(beta_q=...), not available"
-                    )
-                weights["beta_q"] = cfg.beta_q
+            weights = {
+                "beta_q": cfg.beta_q,
+                "beta_adv": cfg.beta_adv,
+                "beta_ce": cfg.beta_ce,
+                "alpha": cfg.alpha,
+            }
             loss_fn = functools.partial(theta_loss, gamma=cfg.gamma, **weights)
             net = wrap_ddp(LossModule(model, loss_fn), info, cfg)
             optimizer = make_optimizer(params, cfg.optim)
@@ -185,7 +182,7 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
                     for name in (PHI_WEIGHTS, PHI_CONFIG):
                         shutil.copy2(phi_dir / name, path / name)
 
-            final = ckpt.export_final(info, cfg.output, write_final, cfg)
+            final = ckpt.export_final(info, cfg.output, write_final, cfg, logger.history)
             log.info("theta: done, model in %s", final)
             return TrainResult(final=final, history=logger.history)
     finally:
