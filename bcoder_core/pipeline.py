@@ -259,7 +259,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             theta_model,
         ),
     ]
-    methods = {"ckpt": ckpt, "bcoder": theta_model}
+    # method -> (the model that samples, the θ whose learned reward R̃ ranks its samples). The checkpoint's
+    # own samples are ranked by B-Coder's R̃ (paper Table 3); the ablation ranks with its own θ.
+    methods = {"ckpt": (ckpt, theta_model), "bcoder": (theta_model, theta_model)}
     if cfg.ablation is not None:
         abl = f"{run}/theta-ce"
         stages.append(
@@ -274,8 +276,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 f"{abl}/final",
             )
         )
-        methods["ce-only"] = f"{abl}/final"
-    for method, model in methods.items():
+        methods["ce-only"] = (f"{abl}/final", f"{abl}/final")
+    for method, (model, ranker) in methods.items():
         raw = f"{run}/samples/test-{method}.jsonl"
         ranked = f"{run}/samples/test-{method}-ranked.jsonl"
         stages += [
@@ -286,7 +288,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 [
                     "rank",
                     "--model",
-                    theta_model,
+                    ranker,
                     "--phi",
                     phi_model,
                     "--problems",
