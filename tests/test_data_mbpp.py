@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bcoder_core.data import MBPP_SPLITS, load_mbpp, mbpp_split
-from bcoder_core.execution.known_bad import MBPP_KNOWN_BAD, is_known_bad
 from bcoder_core.errors import BcoderError
+from bcoder_core.execution.known_bad import MBPP_KNOWN_BAD, is_known_bad
 
 MBPP = Path(__file__).parent / "fixtures" / "mbpp" / "mbpp.jsonl"
 
