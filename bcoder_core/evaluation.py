@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bcoder_core.errors import BcoderError
+from bcoder_core.jsonl import read_jsonl
 from bcoder_core.problems import Problem, count_tests
 
 DIFFICULTY_ORDER = ("introductory", "interview", "competition")
@@ -93,27 +94,7 @@ def top_k_solved(
 
 def iter_jsonl_records(path: str | Path, what: str) -> Iterator[dict[str, Any]]:
     """Objects of a JSONL file, or of the ``*.jsonl`` shards of a folder (sorted by name)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise BcoderError(f"{path}: folder holds no *.jsonl {what}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise BcoderError(f"{path}: no such {what} file")
-    for file in files:
-        with file.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BcoderError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise BcoderError(f"{file}:{lineno}: not a JSON object")
-                yield obj
+    return read_jsonl(path, what)
 
 
 def read_jsonl_records(path: str | Path, what: str) -> list[dict[str, Any]]:

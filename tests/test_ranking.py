@@ -12,13 +12,14 @@ import torch
 from rl_helpers import make_problems, one_thread, tiny_t5
 
 from bcoder_core.errors import BcoderError
+from bcoder_core.jsonl import read_jsonl
 from bcoder_core.model.build import model_config, save_random_checkpoint
 from bcoder_core.model.qmodel import BCoderModel
 from bcoder_core.model.tokenizer import encode_program, load_tokenizer
 from bcoder_core.problems import write_problems
 from bcoder_core.rl.bounds import bound
 from bcoder_core.rl.ranking import RankConfig, run_rank
-from bcoder_core.rl.sampling import SamplingConfig, encode_prompt, read_jsonl, sample_problems
+from bcoder_core.rl.sampling import SamplingConfig, encode_prompt, sample_problems
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from rl_helpers import make_problems, one_thread, save_checkpoint, tiny_config, tiny_t5
 
+from bcoder_core.jsonl import read_jsonl
 from bcoder_core.model.tokenizer import encode_program, load_tokenizer
 from bcoder_core.problems import write_problems
 from bcoder_core.rl.sampling import (
@@ -20,7 +21,6 @@ from bcoder_core.rl.sampling import (
     generate,
     parse_shard,
     pick_tokens,
-    read_jsonl,
     sample_problems,
     sample_uniforms,
 )

@@ -107,7 +107,7 @@ class _Item:
 
 def load_results(path: str | Path) -> dict[tuple[str, int], float]:
     """(problem_id, sample_id) → reward from a results JSONL file or directory."""
-    from bcoder_core.rl.sampling import read_jsonl
+    from bcoder_core.jsonl import read_jsonl
 
     out: dict[tuple[str, int], float] = {}
     for rec in read_jsonl(path, "results"):
@@ -139,7 +139,7 @@ def check_samples(samples: str | Path, results: dict[tuple[str, int], float], kn
 
     Every sample needs a result and a known problem; (problem_id, sample_id) pairs are unique.
     """
-    from bcoder_core.rl.sampling import read_jsonl
+    from bcoder_core.jsonl import read_jsonl
 
     seen: set[tuple[str, int]] = set()
     missing: list[str] = []
@@ -215,7 +215,7 @@ class _Programs:
                 yield _Item(k, j, ids, 1.0, True)
 
     def generated(self, samples: str | Path, results: dict[tuple[str, int], float]) -> Iterator[_Item]:
-        from bcoder_core.rl.sampling import read_jsonl
+        from bcoder_core.jsonl import read_jsonl
 
         for rec in read_jsonl(samples, "samples"):
             pid, sid = str(rec["problem_id"]), _sample_id(rec["sample_id"])

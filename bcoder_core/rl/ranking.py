@@ -197,6 +197,7 @@ def run_rank(
     import json
 
     from bcoder_core import storage
+    from bcoder_core.jsonl import read_jsonl
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.sampling import (
@@ -204,7 +205,6 @@ def run_rank(
         output_file,
         pick_device,
         progress_bar,
-        read_jsonl,
         resolve_model_dir,
     )
 

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,33 +80,6 @@ def shard_items(items: Sequence, shard: tuple[int, int]) -> list:
     """Every item whose index is congruent to I mod N."""
     i, n = shard
     return [x for k, x in enumerate(items) if k % n == i]
-
-
-def jsonl_files(path: Path, what: str) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise BcoderError(f"{path}: directory holds no *.jsonl {what} files")
-        return files
-    if not path.exists():
-        raise BcoderError(f"{path}: no such {what} file")
-    return [path]
-
-
-def read_jsonl(path: str | Path, what: str = "samples") -> Iterator[dict]:
-    """Records of a JSONL file or of a directory of ``*.jsonl`` files, in order."""
-    for file in jsonl_files(Path(path), what):
-        with file.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BcoderError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(rec, dict):
-                    raise BcoderError(f"{file}:{lineno}: expected a JSON object")
-                yield rec
 
 
 def output_file(local: Path, default_name: str) -> Path:
@@ -454,13 +427,4 @@ def run_sample(
             ):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
-    return n
-
-
-def write_jsonl(records: Iterable[dict], path: Path) -> int:
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
     return n
