@@ -185,12 +185,15 @@ def bwrap_args() -> list[str]:
     for p in [*python_paths(), str(Path(package_root()) / "bcoder_core")]:
         if not any(p == b or p.startswith(b.rstrip("/") + "/") for b in binds):
             binds.append(p)
+    # The private /tmp and /var/tmp come first: bwrap applies mounts in order, so a package or Python
+    # installed under /tmp (a CI checkout, say) is bound back on top of the empty tmpfs, not hidden by it.
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     for b in binds:
         if os.path.islink(b):
             args += ["--symlink", os.readlink(b), b]
         else:
             args += ["--ro-bind", b, b]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/tmp"]
+    args += ["--chdir", "/tmp"]
     return args
 
 
