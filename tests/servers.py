@@ -276,10 +276,10 @@ class PrometheusServer:
         self.config.write_text(
             json.dumps(  # JSON is YAML
                 {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
                     "rule_files": [str(f) for f in rule_files],
                     "scrape_configs": [
-                        {"job_name": job, "scrape_timeout": "1s", "static_configs": [{"targets": targets}]}
+                        {"job_name": job, "scrape_timeout": "500ms", "static_configs": [{"targets": targets}]}
                     ],
                 }
             )

@@ -17,7 +17,7 @@ import pytest
 from servers import free_ports
 from train_fixtures import ENV, REPO, common, make_store, train_cmd, write_t5_config, write_yaml
 
-STEPS = 200
+STEPS = 600
 MONITORING = REPO / "k8s" / "monitoring"
 # Dashboard queries that must show data for a phi run on CPU (GPU, sampling and execution panels
 # stay empty here).

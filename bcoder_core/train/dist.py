@@ -8,6 +8,7 @@ checkpoints; :func:`barrier` brackets the saves so no rank races ahead of a chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,8 @@ def sum_over_ranks(info: DistInfo, value: float) -> float:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one was created."""
+    """Destroy the process group if one was created, after every rank has reached this point."""
     if torch_dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer that already failed: still tear down ours
+            torch_dist.barrier()
         torch_dist.destroy_process_group()

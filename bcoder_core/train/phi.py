@@ -155,6 +155,9 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
                         log.info("phi: saved %s (%.1fs)", ckpt.step_uri(cfg.output, step), seconds)
 
             loader.close()
+            # Free DDP (and its reducer's hold on the process group) while every rank is still here:
+            # a gloo group torn down after a peer exited can block its destructor forever.
+            del net
 
             # ---- export: φ decoder + value head, read by annotate --phi, theta and rank
             final = ckpt.export_final(info, cfg.output, write_model, cfg, logger.history)

@@ -302,6 +302,9 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
                         log.info("sft: saved %s (%.1fs)", ckpt.step_uri(cfg.output, step), seconds)
 
             loader.close()
+            # Free DDP (and its reducer's hold on the process group) while every rank is still here:
+            # a gloo group torn down after a peer exited can block its destructor forever.
+            del net
 
             # ---- export: a plain HF T5 directory with its tokenizer (the stand-in checkpoint)
             final = ckpt.export_final(info, cfg.output, write_model, cfg, logger.history)

@@ -172,6 +172,9 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
                         log.info("theta: saved %s (%.1fs)", ckpt.step_uri(cfg.output, step), seconds)
 
             loader.close()
+            # Free DDP (and its reducer's hold on the process group) while every rank is still here:
+            # a gloo group torn down after a peer exited can block its destructor forever.
+            del net
 
             # ---- export: θ as a plain HF T5 (+ heads), read by sample and rank
             def write_final(path: Path) -> None:
