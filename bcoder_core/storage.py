@@ -796,6 +796,37 @@ def output_path(uri: str, *, kind: str, config: dict | None = None) -> Iterator[
 # Markers
 
 
+def delete(uri: str) -> None:
+    """Remove an artifact: its manifest first (readers stop trusting it at once), then its files.
+
+    A directory artifact loses everything under ``uri/``; a file artifact its object and its
+    ``.manifest.json``. Deleting what does not exist is not an error (pruning is idempotent).
+    """
+    uri = os.fspath(uri)
+    dir_manifest, file_manifest = _manifest_uris(uri)
+    manifest_uri = file_manifest if _is_file_uri(uri) else dir_manifest
+    if not is_s3(uri):
+        path = _local(uri)
+        _local(manifest_uri).unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    _s3_delete(manifest_uri, uri)
+    bucket, key = _split_s3(uri)
+    if _is_file_uri(uri):
+        _s3_delete(uri)
+        return
+    client = _s3_client()
+    prefix = key.rstrip("/") + "/"
+    with _s3_call(uri):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def read_text(uri: str) -> str | None:
     """A small text object/file (a marker such as ``latest``), or None if it does not exist."""
     data = _read_bytes(os.fspath(uri))

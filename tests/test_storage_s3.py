@@ -98,6 +98,14 @@ def test_round_trip_of_every_artifact_kind(s3_env: S3Env, tmp_path: Path) -> Non
     )
     assert storage.read_text(storage.join(root, "nothing")) is None
 
+    # Pruning an old checkpoint removes its manifest and every object under it; the newer one stays.
+    old = storage.join(root, "step_10")
+    storage.delete(old)
+    assert not storage.exists(old)
+    assert _keys(s3_env, "run/phi/step_10") == []
+    assert storage.exists(storage.join(root, "step_20"))
+    storage.delete(old)  # idempotent
+
 
 def test_large_file_goes_up_in_parts(s3_env: S3Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BCODER_S3_MULTIPART_THRESHOLD", str(5 << 20))

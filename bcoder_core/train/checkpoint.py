@@ -99,15 +99,8 @@ def _is_local(uri: str) -> bool:
 
 
 def _remove(uri: str) -> None:
-    """Delete an old checkpoint (local rmtree, or the storage module's delete for remote URIs)."""
-    if _is_local(uri):
-        shutil.rmtree(uri, ignore_errors=True)
-        return
-    delete = getattr(storage, "delete", None)  # not in the storage contract yet
-    if delete is None:
-        log.warning("not deleting old checkpoint %s: storage has no delete for remote URIs", uri)
-    else:
-        delete(uri)
+    """Delete an old checkpoint, local or on S3 (manifest first, so no reader trusts a half-deleted one)."""
+    storage.delete(uri)
 
 
 def read_latest(output: str) -> int | None:
