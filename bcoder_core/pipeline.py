@@ -33,6 +33,8 @@ class BenchmarkSettings:
     """Training problems."""
     n_test: int = 120
     """Test problems (combinations of primitives never seen in training)."""
+    n_val: int = 0
+    """Validation problems, drawn like the test split and disjoint from it (0: none)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -99,6 +101,25 @@ class PipelineConfig:
     """Execution of sampled programs."""
     ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5])
     """pass@k values reported."""
+    alpha: float = 1.0
+    """Policy temperature α of A = α(ℓ − max ℓ) (paper: 1), shared by annotate, phi, theta and rank."""
+    eval_split: str = "test"
+    """Split the methods are sampled, ranked and evaluated on: `test`, or `val` to tune settings
+    (needs benchmark.n_val > 0; its artifacts and report-val.md sit beside the test ones)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in ("test", "val"):
+            raise BcoderError(f"eval_split must be test or val (got {self.eval_split!r})")
+        if self.eval_split == "val" and self.benchmark.n_val < 1:
+            raise BcoderError("eval_split=val needs benchmark.n_val > 0")
+
+
+def eval_paths(cfg: PipelineConfig) -> tuple[str, str]:
+    """(file-name prefix of the evaluated split's samples/results, its evaluation directory)."""
+    run = cfg.run_dir.rstrip("/")
+    if cfg.eval_split == "test":
+        return "test", f"{run}/eval"
+    return cfg.eval_split, f"{run}/eval-{cfg.eval_split}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +195,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 str(b.n_train),
                 "--n-test",
                 str(b.n_test),
+                *(["--n-val", str(b.n_val)] if b.n_val else []),
             ],
             bench,
         ),
@@ -187,6 +209,17 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/test", "--out", test_p],
             test_p,
         ),
+    ]
+    if b.n_val:
+        val_p = f"{run}/problems/val.jsonl"
+        stages.append(
+            Stage(
+                "prepare-val",
+                ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/val", "--out", val_p],
+                val_p,
+            )
+        )
+    stages += [
         Stage("sft", train("sft", cfg.sft, sft, [f"problems={train_p}"]), ckpt),
         Stage(
             "sample-train",
@@ -221,6 +254,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 f"{run}/results/train-ckpt.jsonl",
                 "--out",
                 f"{run}/transitions",
+                "--alpha",
+                str(cfg.alpha),
             ],
             f"{run}/transitions",
         ),
@@ -245,6 +280,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 f"{run}/results/train-ckpt.jsonl",
                 "--out",
                 f"{run}/transitions-phi",
+                "--alpha",
+                str(cfg.alpha),
             ],
             f"{run}/transitions-phi",
         ),
@@ -254,7 +291,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "theta",
                 cfg.theta,
                 theta,
-                [f"transitions={run}/transitions-phi", f"phi={phi_model}", f"model.init={ckpt}"],
+                [
+                    f"transitions={run}/transitions-phi",
+                    f"phi={phi_model}",
+                    f"model.init={ckpt}",
+                    f"alpha={cfg.alpha}",
+                ],
             ),
             theta_model,
         ),
@@ -271,20 +313,30 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                     "theta",
                     cfg.ablation,
                     abl,
-                    [f"transitions={run}/transitions-phi", f"phi={phi_model}", f"model.init={ckpt}"],
+                    [
+                        f"transitions={run}/transitions-phi",
+                        f"phi={phi_model}",
+                        f"model.init={ckpt}",
+                        f"alpha={cfg.alpha}",
+                    ],
                 ),
                 f"{abl}/final",
             )
         )
         methods["ce-only"] = (f"{abl}/final", f"{abl}/final")
+    split, ev = eval_paths(cfg)
+    eval_p = f"{run}/problems/{split}.jsonl"
     for method, (model, ranker) in methods.items():
-        raw = f"{run}/samples/test-{method}.jsonl"
-        ranked = f"{run}/samples/test-{method}-ranked.jsonl"
+        tag = method if split == "test" else f"{split}-{method}"  # stage names of the test split unchanged
+        raw = f"{run}/samples/{split}-{method}.jsonl"
+        ranked = f"{run}/samples/{split}-{method}-ranked.jsonl"
+        results = f"{run}/results/{split}-{method}.jsonl"
+        example = f"{run}/results/{split}-{method}-example.jsonl"
         stages += [
-            Stage(f"sample-test-{method}", sample(model, test_p, raw, cfg.test_sampling), raw),
+            Stage(f"sample-{split}-{method}", sample(model, eval_p, raw, cfg.test_sampling), raw),
             # Every method's samples are scored by B-Coder's learned reward (paper Table 3 for the ckpt).
             Stage(
-                f"rank-{method}",
+                f"rank-{tag}",
                 [
                     "rank",
                     "--model",
@@ -292,7 +344,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                     "--phi",
                     phi_model,
                     "--problems",
-                    test_p,
+                    eval_p,
                     "--samples",
                     raw,
                     "--out",
@@ -301,55 +353,55 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 ranked,
             ),
             Stage(
-                f"execute-test-{method}",
+                f"execute-{split}-{method}",
                 [
                     "execute",
                     "--problems",
-                    test_p,
+                    eval_p,
                     "--samples",
                     ranked,
                     "--out",
-                    f"{run}/results/test-{method}.jsonl",
+                    results,
                     *exec_opts,
                 ],
-                f"{run}/results/test-{method}.jsonl",
+                results,
             ),
             Stage(
-                f"execute-example-{method}",
+                f"execute-example-{tag}",
                 [
                     "execute",
                     "--problems",
-                    test_p,
+                    eval_p,
                     "--samples",
                     ranked,
                     "--tests",
                     "example",
                     "--out",
-                    f"{run}/results/test-{method}-example.jsonl",
+                    example,
                     *exec_opts,
                 ],
-                f"{run}/results/test-{method}-example.jsonl",
+                example,
             ),
             Stage(
-                f"evaluate-{method}",
+                f"evaluate-{tag}",
                 [
                     "evaluate",
                     "--problems",
-                    test_p,
+                    eval_p,
                     "--results",
-                    f"{run}/results/test-{method}.jsonl",
+                    results,
                     "--samples",
                     ranked,
                     "--example-results",
-                    f"{run}/results/test-{method}-example.jsonl",
+                    example,
                     "--k",
                     ",".join(map(str, cfg.ks)),
                     "--out-json",
-                    f"{run}/eval/{method}.json",
+                    f"{ev}/{method}.json",
                     "--out-md",
-                    f"{run}/eval/{method}.md",
+                    f"{ev}/{method}.md",
                 ],
-                f"{run}/eval/{method}.json",
+                f"{ev}/{method}.json",
             ),
         ]
     return stages

@@ -161,16 +161,20 @@ def _plot_passk(reports: dict[str, dict[str, Any]], ks: list[int], out: Path) ->
 
 
 def write_report(cfg: Any) -> Report:
-    """Write ``<run_dir>/report.md`` and its plots from the run's evaluation reports."""
+    """Write ``<run_dir>/report.md`` (``report-val.md`` when the run evaluates the validation split)
+    and its plots from the run's evaluation reports."""
     run_dir = Path(cfg.run_dir)
+    split = getattr(cfg, "eval_split", "test")
+    suffix = "" if split == "test" else f"-{split}"
+    eval_dir = run_dir / f"eval{suffix}"
     reports: dict[str, dict[str, Any]] = {}
     for method in METHOD_NAMES:
-        p = run_dir / "eval" / f"{method}.json"
+        p = eval_dir / f"{method}.json"
         if p.exists():
             reports[method] = json.loads(p.read_text())
     if "ckpt" not in reports or "bcoder" not in reports:
         raise BcoderError(
-            f"{run_dir}/eval: the ckpt and bcoder evaluation reports are missing; run the pipeline first"
+            f"{eval_dir}: the ckpt and bcoder evaluation reports are missing; run the pipeline first"
         )
     ks = list(reports["ckpt"]["ks"])
     k1 = ks[0]
@@ -197,7 +201,7 @@ def write_report(cfg: Any) -> Report:
         )
 
     curves = _plot_curves(run_dir, run_dir / "training_curves.png")
-    passk = _plot_passk(reports, ks, run_dir / "pass_at_k.png")
+    passk = _plot_passk(reports, ks, run_dir / f"pass_at_k{suffix}.png")
     timings = (
         json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
     )
@@ -206,7 +210,7 @@ def write_report(cfg: Any) -> Report:
     md = [
         "# B-Coder on the built-in benchmark",
         "",
-        f"Run directory `{run_dir}`. Test split sampled with m = {ts.num_samples}, T = {ts.temperature}, "
+        f"Run directory `{run_dir}`. {'Test' if split == 'test' else 'Validation'} split sampled with m = {ts.num_samples}, T = {ts.temperature}, "
         f"top-p = {ts.top_p}; ranking by the learned reward R̃ of the trained θ (+φ). Every number is a "
         "percentage with a 95% bootstrap confidence interval over problems.",
         "",
@@ -263,7 +267,7 @@ def write_report(cfg: Any) -> Report:
     if timings:
         md += ["## Stage times (seconds, this invocation and earlier ones)", ""]
         md += ["| stage | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], ""]
-    path = run_dir / "report.md"
+    path = run_dir / f"report{suffix}.md"
     path.write_text("\n".join(md))
 
     summary = ["", "B-Coder on the built-in benchmark — summary", ""]

@@ -28,6 +28,11 @@ def register(app: typer.Typer) -> None:
         ),
         n_train: int = typer.Option(DEMO_N_TRAIN, "--n-train", help="Number of training problems."),
         n_test: int = typer.Option(DEMO_N_TEST, "--n-test", help="Number of test problems."),
+        n_val: int = typer.Option(
+            0,
+            "--n-val",
+            help="Validation problems (val/NNNN/..., drawn like test, disjoint from it): tune on these.",
+        ),
         n_hidden: int = typer.Option(
             6, "--n-hidden", help="Hidden tests per problem besides the examples (>= 5)."
         ),
@@ -40,20 +45,27 @@ def register(app: typer.Typer) -> None:
         from bcoder_core.benchmark import BenchmarkConfig, write_benchmark
 
         cfg = BenchmarkConfig(
-            seed=seed, n_train=n_train, n_test=n_test, n_hidden=n_hidden, n_examples=n_examples
+            seed=seed,
+            n_train=n_train,
+            n_test=n_test,
+            n_val=n_val,
+            n_hidden=n_hidden,
+            n_examples=n_examples,
         )
         config = {
             "seed": seed,
             "n_train": n_train,
             "n_test": n_test,
+            "n_val": n_val,
             "n_hidden": n_hidden,
             "n_examples": n_examples,
         }
         with storage.output_path(out, kind="benchmark", config=config) as path:
             info = write_benchmark(cfg, path)
         counts = info["counts"]
+        val = f" and {counts['val']['problems']} validation" if "val" in counts else ""
         typer.echo(
-            f"wrote {counts['train']['problems']} train and {counts['test']['problems']} test problems "
+            f"wrote {counts['train']['problems']} train, {counts['test']['problems']} test{val} problems "
             f"({info['name']}, seed {seed}) to {out}"
         )
 

@@ -26,6 +26,9 @@ def annotate(
         512, "--max-target-tokens", help="Program token limit (EOS included); longer programs are dropped."
     ),
     shard_size: int = typer.Option(4096, "--shard-size", help="Programs per store shard."),
+    alpha: float = typer.Option(
+        1.0, "--alpha", help="Policy temperature α of ckpt_adv = α(ℓ − max ℓ); theta must use the same."
+    ),
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", help="Tokenizer name or directory (default: the checkpoint's, else codet5)."
     ),
@@ -52,6 +55,7 @@ def annotate(
         max_target_tokens=max_target_tokens,
         ground_truth=not no_ground_truth,
         shard_size=shard_size,
+        alpha=alpha,
     )
     summary = run_annotate(
         model=model,
@@ -124,6 +128,9 @@ def rank(
     out: str = typer.Option(..., "--out", help="Samples JSONL with a `score` field (URI)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Programs per teacher-forced pass."),
     gamma: float = typer.Option(0.999, "--gamma", help="Discount γ of r̃ = Q − γ·V(s')."),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="Policy temperature α (default: the one θ was trained with)."
+    ),
     max_source_tokens: int = typer.Option(600, "--max-source-tokens", help="Prompt token limit."),
     max_target_tokens: int = typer.Option(
         1024,
@@ -149,6 +156,7 @@ def rank(
     cfg = RankConfig(
         batch_size=batch_size,
         gamma=gamma,
+        alpha=alpha,
         max_source_tokens=max_source_tokens,
         max_target_tokens=max_target_tokens,
     )

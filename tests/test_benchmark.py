@@ -76,7 +76,7 @@ def test_same_seed_gives_identical_bytes_across_processes(tmp_path):
     rb = _bcoder(*args, "--out", str(b), env={"PYTHONHASHSEED": "2"})
     assert ra.returncode == 0, ra.stderr
     assert rb.returncode == 0, rb.stderr
-    assert "wrote 40 train and 20 test problems" in ra.stdout
+    assert "wrote 40 train, 20 test problems" in ra.stdout
     ta, tb = _tree(a), _tree(b)
     assert len(ta) > 60 * 5
     assert ta == tb
@@ -125,6 +125,41 @@ def test_split_rule_at_demo_size():
         for p in ps
     ]
     assert len(keys) == len(set(keys))  # no problem twice, within or across splits
+
+
+def test_validation_split_follows_the_test_rule_and_leaves_test_unchanged():
+    base = generate(BenchmarkConfig(seed=0, n_train=90, n_test=30))
+    with_val = generate(BenchmarkConfig(seed=0, n_train=90, n_test=30, n_val=30))
+    assert "val" not in base
+    # Adding a validation split changes neither train nor test: earlier results stay comparable.
+    for split in ("train", "test"):
+        assert [p.question for p in with_val[split]] == [p.question for p in base[split]]
+    held = heldout_pairs(0, 0.2)
+    train_combos = {p.combination for p in with_val["train"]}
+    keys = {_key(p) for split in ("train", "test") for p in with_val[split]}
+    assert len(with_val["val"]) == 30
+    for p in with_val["val"]:
+        assert p.split == "val"
+        assert adjacent_pairs(p.combination) & held[p.family], p.combination
+        assert p.combination not in train_combos
+        assert _key(p) not in keys  # disjoint from train and test
+
+
+def _key(p):
+    return (p.family, p.format, tuple((s.name, s.param) for s in p.steps))
+
+
+def test_validation_split_is_written_and_loads(tmp_path):
+    info = write_benchmark(BenchmarkConfig(seed=0, n_train=20, n_test=10, n_val=5), tmp_path / "b")
+    assert info["n_val"] == 5 and info["counts"]["val"]["problems"] == 5
+    assert len(list((tmp_path / "b" / "val").iterdir())) == 5
+    r = _bcoder(
+        "data", "prepare", "apps", "--name", "builtin",
+        "--source", str(tmp_path / "b" / "val"), "--out", str(tmp_path / "val.jsonl"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [f"builtin/val/{i:04d}" for i in range(5)]
 
 
 def test_heldout_pairs_leave_every_primitive_trainable():

@@ -49,6 +49,39 @@ def test_presets_load_and_plan_every_stage(preset: Path) -> None:
     assert all(s.output.startswith("/tmp/x/") for s in stages)
 
 
+def test_validation_plan_evaluates_on_val_beside_the_test_artifacts() -> None:
+    test_cfg = load_config(PipelineConfig, DEMO, ["run_dir=/tmp/x"])
+    val_cfg = load_config(PipelineConfig, DEMO, ["run_dir=/tmp/x", "eval_split=val", "alpha=0.25"])
+    test_stages = {s.name: s for s in plan(test_cfg)}
+    val_stages = {s.name: s for s in plan(val_cfg)}
+    # Training stages are shared; evaluation stages and their outputs are the val split's own.
+    for name in ("benchmark", "prepare-val", "sft", "phi", "theta", "theta-ce"):
+        assert name in test_stages and name in val_stages
+    assert "--n-val" in val_stages["benchmark"].argv
+    evals = [s for s in val_stages.values() if s.name not in test_stages]
+    assert {s.name for s in evals} >= {"sample-val-ckpt", "rank-val-bcoder", "evaluate-val-ce-only"}
+    for s in evals:
+        assert "/tmp/x/problems/val.jsonl" in s.argv, s.name
+        assert not any("test.jsonl" in a or "/test-" in a for a in s.argv), s.name
+        assert s.output not in {t.output for t in test_stages.values()}
+    assert val_stages["evaluate-val-bcoder"].output == "/tmp/x/eval-val/bcoder.json"
+    # One alpha for ckpt_adv (annotate), phi's targets and theta; rank reads it from θ.
+    for name in ("annotate", "annotate-phi"):
+        argv = val_stages[name].argv
+        assert argv[argv.index("--alpha") + 1] == "0.25"
+    for name in ("theta", "theta-ce"):
+        assert "alpha=0.25" in val_stages[name].argv
+
+
+def test_eval_split_val_needs_a_validation_split(tmp_path: Path) -> None:
+    proc = _bcoder(
+        "pipeline", "run", "--config", str(SMOKE), "--run-dir", str(tmp_path / "r"),
+        "eval_split=val", "benchmark.n_val=0", cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "n_val" in proc.stderr
+
+
 def test_bad_pipeline_config_is_one_error_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE.read_text() + "\nno_such_key: 1\n")
@@ -118,3 +151,15 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"{victim.name}: done" in third.stdout
     assert third.stdout.count("committed, skipped") == len(stages) - 1
+
+    # Tuning on the validation split reuses every trained stage and evaluates on val only.
+    test_report = (run_dir / "report.md").read_text()
+    val = _bcoder(
+        "pipeline", "run", "--config", str(SMOKE), "--run-dir", str(run_dir), "eval_split=val", cwd=REPO
+    )
+    assert val.returncode == 0, val.stdout[-2000:] + val.stderr[-2000:]
+    val_cfg = load_config(PipelineConfig, SMOKE, [f"run_dir={run_dir}", "eval_split=val"])
+    ran = [s.name for s in plan(val_cfg) if f"{s.name}: done" in val.stdout]
+    assert ran and all("-val-" in name or name.startswith("sample-val") for name in ran), ran
+    assert "Validation split" in (run_dir / "report-val.md").read_text()
+    assert (run_dir / "report.md").read_text() == test_report  # the test report is untouched

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from train_fixtures import common, make_store, write_t5_config, write_yaml
 
 STEPS, WINDOW = 32, 8
 
 
-def _train(stage: str, tmp_path, lr: float = 2e-3, **extra):
+def _train(stage: str, tmp_path, lr: float = 2e-3, store_metadata: dict | None = None, **extra):
     from bcoder_core.config import STAGE_CONFIGS, load_config
     from bcoder_core.train.phi import train_phi
     from bcoder_core.train.theta import train_theta
 
+    steps = extra.pop("max_steps", STEPS)
     t5 = write_t5_config(tmp_path / "t5.json", dropout=0.0)
     store = make_store(
-        tmp_path / "store", v_phi=stage == "theta", n_problems=4, per_problem=6, adv_scale=0.05
-    )
+        tmp_path / "store", v_phi=stage == "theta", n_problems=4, per_problem=6, adv_scale=0.05,
+        metadata=store_metadata,
+    )  # fmt: skip
     data = common(
-        tmp_path / "out", t5, transitions=str(store), max_steps=STEPS, save_every=0, log_every=WINDOW,
+        tmp_path / "out", t5, transitions=str(store), max_steps=steps, save_every=0, log_every=WINDOW,
         batch_size=8, optim={"lr": lr, "schedule": "constant", "weight_decay": 0.0}, **extra,
     )  # fmt: skip
     cfg = load_config(STAGE_CONFIGS[stage], write_yaml(tmp_path / "cfg.yaml", data))
@@ -56,3 +59,19 @@ def test_theta_lowers_td_loss(tmp_path):
         assert sample("bcoder_loss", term=term) > 0
     assert sample("bcoder_checkpoint_save_duration_seconds_count") - saves_before == 1
     assert sample("bcoder_stage_last_success_time_seconds") > 0
+
+
+def test_theta_refuses_a_store_annotated_with_another_alpha(tmp_path):
+    from bcoder_core.errors import BcoderError
+
+    with pytest.raises(BcoderError, match="alpha=1.0 but the config says alpha=0.5"):
+        _train("theta", tmp_path, alpha=0.5, max_steps=2)
+
+
+def test_theta_saves_its_alpha_for_ranking(tmp_path):
+    from bcoder_core.model.qmodel import BCoderModel
+
+    result = _train("theta", tmp_path, alpha=0.5, store_metadata={"alpha": 0.5}, max_steps=4)
+    final = tmp_path / "out" / "final"
+    assert result.history[-1]["step"] == 4
+    assert BCoderModel.from_pretrained(final, stage="eval").alpha == 0.5

@@ -44,6 +44,7 @@ def make_store(
     v_phi: bool,
     seed: int = 0,
     adv_scale: float = 1.0,
+    metadata: dict | None = None,
 ) -> Path:
     """A small store through the public writer: per problem 2 ground-truth and some generated programs.
 
@@ -74,7 +75,7 @@ def make_store(
                     v_phi=rng.normal(0.0, 0.3, size=n).astype(np.float32) if v_phi else None,
                 )
             )  # fmt: skip
-    write_transitions(path, records, shard_size=16)
+    write_transitions(path, records, shard_size=16, metadata=metadata)
     return path
 
 

@@ -64,6 +64,9 @@ class BenchmarkConfig:
     """Number of training problems."""
     n_test: int = 200
     """Number of test problems."""
+    n_val: int = 0
+    """Number of validation problems: drawn by the test rule (each holds a held-out pair), disjoint
+    from test, generated after it so the test split does not depend on it. Tune here, never on test."""
     n_hidden: int = 6
     """Hidden tests per problem besides the examples (the examples are hidden tests too, as in APPS)."""
     n_examples: int = 1
@@ -74,9 +77,10 @@ class BenchmarkConfig:
     """Benchmark name recorded in ``benchmark.json`` (the loader's ``--name``)."""
 
     def __post_init__(self) -> None:
-        if self.n_train < 1 or self.n_test < 0:
+        if self.n_train < 1 or self.n_test < 0 or self.n_val < 0:
             raise BcoderError(
-                f"benchmark: n_train must be >= 1 and n_test >= 0 (got {self.n_train}, {self.n_test})"
+                "benchmark: n_train must be >= 1 and n_test, n_val >= 0 "
+                f"(got {self.n_train}, {self.n_test}, {self.n_val})"
             )
         if self.n_hidden < 5:
             raise BcoderError(f"benchmark: n_hidden must be at least 5 (got {self.n_hidden})")
@@ -443,13 +447,16 @@ def _build(
 
 
 def generate(cfg: BenchmarkConfig) -> dict[str, list[GeneratedProblem]]:
-    """Both splits, in order: ``{"train": [...], "test": [...]}``."""
+    """Every split, in order: ``{"train": [...], "test": [...]}`` plus ``"val"`` when ``n_val > 0``."""
     held = heldout_pairs(cfg.seed, cfg.heldout_fraction)
     seen: set[tuple] = set()
     train = [_generate_one(cfg, "train", i, held, seen, None) for i in range(cfg.n_train)]
     in_train = {name for p in train for name in p.combination}
     test = [_generate_one(cfg, "test", i, held, seen, in_train) for i in range(cfg.n_test)]
-    return {"train": train, "test": test}
+    out = {"train": train, "test": test}
+    if cfg.n_val:
+        out["val"] = [_generate_one(cfg, "val", i, held, seen, in_train) for i in range(cfg.n_val)]
+    return out
 
 
 # ---------------------------------------------------------------------------------- verification
@@ -526,6 +533,7 @@ def describe(cfg: BenchmarkConfig, problems: dict[str, list[GeneratedProblem]]) 
         "seed": cfg.seed,
         "n_train": cfg.n_train,
         "n_test": cfg.n_test,
+        "n_val": cfg.n_val,
         "n_hidden": cfg.n_hidden,
         "n_examples": cfg.n_examples,
         "heldout_fraction": cfg.heldout_fraction,

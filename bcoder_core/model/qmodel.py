@@ -178,11 +178,15 @@ class BCoderModel(nn.Module):
         phi_fingerprint: list[float] | None = None,
         heads_state: dict[str, Tensor] | None = None,
         head_seed: int = 0,
+        alpha: float = 1.0,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
             raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
         self.stage: str = stage
+        # The policy temperature θ was trained with; saved with the heads so that ranking scores
+        # A_θ = α(ℓ_θ − max ℓ_θ) on the scale the value heads learned.
+        self.alpha: float = float(alpha)
         self.config = t5.config
         self.d_model: int = int(t5.config.d_model)
         self.vocab_size: int = int(t5.lm_head.weight.shape[0])
@@ -291,11 +295,15 @@ class BCoderModel(nn.Module):
                 f"model {path}: cannot load a T5 checkpoint ({str(exc).splitlines()[0]})"
             ) from exc
         heads_state = None
+        alpha = 1.0
         heads_file = Path(local) / HEADS_WEIGHTS
         if stage in ("theta", "eval") and heads_file.is_file():
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
             heads_state = load_file(str(heads_file))
+            with safe_open(str(heads_file), "pt") as f:
+                alpha = float((f.metadata() or {}).get("alpha", 1.0))
         phi_state = fingerprint = None
         if phi_path is not None:
             phi_state, fingerprint = load_phi(phi_path)
@@ -306,6 +314,7 @@ class BCoderModel(nn.Module):
             phi_fingerprint=fingerprint,
             heads_state=heads_state,
             head_seed=head_seed,
+            alpha=alpha,
         )
         return model.to(device) if device is not None else model
 
@@ -584,7 +593,11 @@ class BCoderModel(nn.Module):
             "h2.weight": self.h2.weight,
             "h2.bias": self.h2.bias,
         }
-        save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(out / HEADS_WEIGHTS))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in heads.items()},
+            str(out / HEADS_WEIGHTS),
+            metadata={"alpha": repr(self.alpha)},
+        )
 
     def _save_phi(self, out: Path) -> None:
         from safetensors.torch import save_file

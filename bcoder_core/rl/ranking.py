@@ -26,7 +26,7 @@ padding stays small), then written back in file order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ class RankConfig:
     """Programs longer than this (EOS included) are scored on their first tokens and flagged."""
     window_batches: int = 64
     """Batches per sorting window."""
-    alpha: float = 1.0
-    """Policy temperature α."""
+    alpha: float | None = None
+    """Policy temperature α; None: the one θ was trained with (saved with its heads)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_source_tokens", "max_target_tokens", "window_batches"):
@@ -105,7 +105,8 @@ def score_batch(
         enc, am = encode_shared(model, problem_keys, prompt_of, pad_id, device)
         # input_ids are never read: the view answers encode() with the shared states
         batch = {"input_ids": am, "attention_mask": am, "labels": labels}
-        scores = program_scores(_EncodedOnce(model, enc), batch, cfg.gamma, cfg.alpha)
+        alpha = cfg.alpha if cfg.alpha is not None else getattr(model, "alpha", 1.0)
+        scores = program_scores(_EncodedOnce(model, enc), batch, cfg.gamma, alpha)
     return scores.float().cpu().tolist()
 
 
@@ -219,6 +220,8 @@ def run_rank(
     ).eval()
     if m.phi_decoder is None:  # pragma: no cover - from_pretrained loads φ whenever phi_path is given
         raise BcoderError(f"rank: {phi} holds no phi")
+    if cfg.alpha is None:
+        cfg = replace(cfg, alpha=m.alpha)
     if len(tok) > m.vocab_size:
         raise BcoderError(f"tokenizer has {len(tok)} tokens but the model {model} only {m.vocab_size}")
     summary = RankSummary(out=out)

@@ -76,6 +76,12 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
         with stage_telemetry(STAGE, info, cfg):
             # ---- data: the transition store, batches mixed to rho_real ground truth (DESIGN §2.7)
             store = open_store(storage.input_path(cfg.transitions))
+            store_alpha = float(store.metadata.get("alpha", 1.0))
+            if store_alpha != cfg.alpha:
+                raise BcoderError(
+                    f"{cfg.transitions}: annotated with alpha={store_alpha} but the config says "
+                    f"alpha={cfg.alpha}; ckpt_adv, phi and theta must share one alpha"
+                )
             if not store.has_v_phi:
                 raise BcoderError(
                     f"{cfg.transitions}: the store has no v_phi column; annotate it with --phi first"
@@ -95,6 +101,7 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
             # The tokenizer travels with θ (sample and rank read it from the model directory).
             tokenizer = load_tokenizer(init_dir if resume_dir else resolve_tokenizer_spec(cfg, init_dir))
             model.to(info.device)
+            model.alpha = cfg.alpha  # saved with the heads; `rank` scores with it
             model.train()
             params = list(model.trainable_parameters(STAGE))
             bf16 = use_bf16(cfg, info)
