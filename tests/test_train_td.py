@@ -64,7 +64,7 @@ def test_theta_lowers_td_loss(tmp_path):
 def test_theta_refuses_a_store_annotated_with_another_alpha(tmp_path):
     from bcoder_core.errors import BcoderError
 
-    with pytest.raises(BcoderError, match="alpha=1.0 but the config says alpha=0.5"):
+    with pytest.raises(BcoderError, match=r"alpha=1\.0 but the config says alpha=0\.5"):
         _train("theta", tmp_path, alpha=0.5, max_steps=2)
 
 
