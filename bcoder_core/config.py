@@ -75,6 +75,10 @@ class OptimConfig:
     """Linear warm-up steps from 0 to `lr` (the paper uses none)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    value_head_lr_mult: float = 1.0
+    """Learning-rate multiplier of the freshly initialised scalar value heads (φ's head in the phi
+    stage, h1 in the theta stage); 1 is the paper. A one-unit head on a pre-trained decoder moves
+    about lr per Adam step, too slowly to fit returns in a short run."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -422,6 +422,15 @@ class BCoderModel(nn.Module):
             return [*_own_params(self.theta_decoder), *self.lm_head.parameters(), *self.h1.parameters()]
         raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
 
+    def value_head_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
+        """The freshly initialised scalar value heads among ``stage``'s trainable parameters."""
+        stage = stage or self.stage
+        if stage == "phi" and self.phi_head is not None:
+            return list(self.phi_head.parameters())
+        if stage == "theta" and self.h1 is not None:
+            return list(self.h1.parameters())
+        return []
+
     # ---------------------------------------------------------------------------------- compute
     def decoder_input_ids(self, labels: Tensor) -> Tensor:
         """Right-shifted labels: the decoder input whose position t sees w_<t."""

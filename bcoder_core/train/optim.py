@@ -14,16 +14,27 @@ from torch import nn
 from bcoder_core.config import OptimConfig
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; 1-d tensors (biases, layer norms) get no weight decay."""
-    decay, no_decay = [], []
+def make_optimizer(
+    params: Iterable[nn.Parameter], cfg: OptimConfig, value_heads: Iterable[nn.Parameter] = ()
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; 1-d tensors (biases, layer norms) get no weight decay.
+
+    ``value_heads`` (a subset of ``params``) train at ``lr × cfg.value_head_lr_mult``.
+    """
+    heads = {id(p) for p in value_heads} if cfg.value_head_lr_mult != 1.0 else set()
+    decay, no_decay, head = [], [], []
     for p in params:
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
+        if id(p) in heads:
+            head.append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if head:
+        groups.append({"params": head, "weight_decay": 0.0, "lr": cfg.lr * cfg.value_head_lr_mult})
     # foreach is the fast path on both CPU and CUDA; fused would be faster on CUDA but is not
     # bit-identical across restarts on every build, and exact resume matters more here.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)

@@ -92,7 +92,7 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
             # ---- loss, optimiser, schedule
             loss_fn = functools.partial(phi_loss, gamma=cfg.gamma)
             net = wrap_ddp(LossModule(model, loss_fn), info, cfg)
-            optimizer = make_optimizer(params, cfg.optim)
+            optimizer = make_optimizer(params, cfg.optim, model.value_head_parameters(STAGE))
             scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
 
             # ---- resume: optimiser, scheduler, RNG and data position exactly where they were

@@ -116,7 +116,7 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
             }
             loss_fn = functools.partial(theta_loss, gamma=cfg.gamma, **weights)
             net = wrap_ddp(LossModule(model, loss_fn), info, cfg)
-            optimizer = make_optimizer(params, cfg.optim)
+            optimizer = make_optimizer(params, cfg.optim, model.value_head_parameters(STAGE))
             scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
 
             # ---- resume: optimiser, scheduler, RNG and data position exactly where they were
