@@ -160,6 +160,33 @@ def _plot_passk(reports: dict[str, dict[str, Any]], ks: list[int], out: Path) ->
     return out
 
 
+def _value_section(run_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
+    """Within-problem AUC of V_φ on the replay data: whether L_Q and R̃ have a value signal to use."""
+    store_dir = run_dir / "transitions-phi"
+    if not (store_dir / "manifest.json").exists():
+        return [], None
+    from bcoder_core.rl.diagnostics import value_discrimination
+    from bcoder_core.rl.transitions import open_store
+
+    r = value_discrimination(open_store(store_dir))
+    return [
+        "## Value model — does V_φ separate the programs of one problem?",
+        "",
+        f"Within-problem AUC over the {r['generated_programs']} generated training programs "
+        f"({r['mixed_problems']} problems with passing and failing ones; 0.5 is chance; "
+        "`bcoder value-report`):",
+        "",
+        "| score | AUC |",
+        "|---|---|",
+        f"| V_φ at the last state | {r['v_last']:.3f} |",
+        f"| mean V_φ over the program | {r['v_mean']:.3f} |",
+        f"| Σ A_ckpt (the checkpoint's likelihood-like score, for comparison) | {r['sum_ckpt_adv']:.3f} |",
+        "",
+        "L_Q and R̃ add to L_ce and likelihood ranking only what V knows beyond Σ A_ckpt.",
+        "",
+    ], r
+
+
 def write_report(cfg: Any) -> Report:
     """Write ``<run_dir>/report.md`` (``report-val.md`` when the run evaluates the validation split)
     and its plots from the run's evaluation reports."""
@@ -260,6 +287,8 @@ def write_report(cfg: Any) -> Report:
             ks,
             "Filtered protocol — drop samples failing the example tests, then rank",
         )
+    value_md, value = _value_section(run_dir)
+    md += value_md
     md += ["## Plots", ""]
     if curves:
         md += [f"![training curves]({curves.name})", ""]
@@ -274,6 +303,12 @@ def write_report(cfg: Any) -> Report:
     for name, g in gains.items():
         summary.append(f"  {name:<58} {100 * g['gain']:+6.1f}  [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]")
     summary.append("")
+    if value is not None:
+        summary.append(
+            f"  V_phi within-problem AUC on training samples: last state {value['v_last']:.3f}, "
+            f"sum A_ckpt {value['sum_ckpt_adv']:.3f} (0.5 = chance)"
+        )
+        summary.append("")
     for m, r in reports.items():
         allg = r["results"]["all"]
         cells = "  ".join(f"{metric} {_cell(allg, metric, k1)}" for metric in r["metrics"])

@@ -130,7 +130,15 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     }
 
     report = (run_dir / "report.md").read_text()
-    for title in ("Table 1", "Table 3", "Table 8", "Ablation", "Gains"):
+    for title in (
+        "Table 1",
+        "Table 3",
+        "Table 8",
+        "Ablation",
+        "Gains",
+        "Value model",
+        "V_φ at the last state",
+    ):
         assert title in report
     for png in ("pass_at_k.png", "training_curves.png"):
         data = (run_dir / png).read_bytes()
