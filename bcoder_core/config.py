@@ -20,13 +20,13 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
-from bcoder_core.errors import ConfigError
+from bcoder_core.errors import ConfigError, ConfigValueError, check
 
 T = TypeVar("T")
 
@@ -80,6 +80,20 @@ class OptimConfig:
     stage, h1 in the theta stage); 1 is the paper. A one-unit head on a pre-trained decoder moves
     about lr per Adam step, too slowly to fit returns in a short run."""
 
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        check(0 <= self.beta1 < 1, "beta1", f"must lie in [0, 1) (got {self.beta1})")
+        check(0 <= self.beta2 < 1, "beta2", f"must lie in [0, 1) (got {self.beta2})")
+        check(self.eps > 0, "eps", f"must be > 0 (got {self.eps})")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0 (got {self.warmup_steps})")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (got {self.grad_clip})")
+        check(
+            self.value_head_lr_mult > 0,
+            "value_head_lr_mult",
+            f"must be > 0 (got {self.value_head_lr_mult})",
+        )
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
@@ -89,6 +103,9 @@ class MetricsConfig:
     """Serve /metrics from rank 0 during training."""
     port: int = 9090
     """Port of the /metrics endpoint."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.port < 65536, "port", f"must lie in 1..65535 (got {self.port})")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,6 +152,21 @@ class TrainConfig:
     ddp_find_unused: bool = False
     """Pass find_unused_parameters=True to DistributedDataParallel."""
 
+    def __post_init__(self) -> None:
+        check(bool(self.output), "output", "must be set (a local directory or s3://bucket/prefix)")
+        for key in ("max_source_tokens", "max_target_tokens", "batch_size", "grad_accum", "max_steps"):
+            value = getattr(self, key)
+            check(value >= 1, key, f"must be >= 1 (got {value})")
+        for key in ("save_every", "keep_checkpoints", "num_workers"):
+            value = getattr(self, key)
+            check(value >= 0, key, f"must be >= 0 (got {value})")
+        check(self.log_every >= 1, "log_every", f"must be >= 1 (got {self.log_every})")
+        check(
+            self.dropout is None or 0 <= self.dropout < 1,
+            "dropout",
+            f"must lie in [0, 1) (got {self.dropout})",
+        )
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SFTConfig(TrainConfig):
@@ -145,6 +177,21 @@ class SFTConfig(TrainConfig):
     """Problem set URI (JSONL or a directory of shards); every reference solution is a target."""
     max_solutions_per_problem: int = 0
     """Use at most this many reference solutions per problem (0: all)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.max_solutions_per_problem >= 0,
+            "max_solutions_per_problem",
+            f"must be >= 0 (got {self.max_solutions_per_problem})",
+        )
+
+
+def _check_rl(cfg: PhiConfig | ThetaConfig) -> None:
+    """The checks the two RL stages share: γ ∈ (0, 1] (γ = 0 makes every target the bare reward and
+    the bounds of DESIGN §2.3 divide by 1 − γ), ρ_real ∈ [0, 1]."""
+    check(0 < cfg.gamma <= 1, "gamma", f"must lie in (0, 1] (got {cfg.gamma})")
+    check(0 <= cfg.rho_real <= 1, "rho_real", f"must lie in [0, 1] (got {cfg.rho_real})")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,6 +204,10 @@ class PhiConfig(TrainConfig):
     """Discount factor."""
     rho_real: float = 0.5
     """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rl(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,6 +232,14 @@ class ThetaConfig(TrainConfig):
     """Policy temperature alpha of the energy-based policy."""
     rho_real: float = 0.5
     """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rl(self)
+        for key in ("beta_q", "beta_adv", "beta_ce"):
+            value = getattr(self, key)
+            check(value >= 0, key, f"must be >= 0 (got {value})")
+        check(self.alpha > 0, "alpha", f"must be > 0 (got {self.alpha})")
 
 
 STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "phi": PhiConfig, "theta": ThetaConfig}
@@ -293,7 +352,10 @@ def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
             kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as exc:
+        raise ConfigError(f"{where}: {prefix}{exc.key} {exc.message}") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -308,6 +370,15 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _section_type(tp: Any) -> Any:
+    """The dataclass behind an optional section (``StageTraining | None``), else ``tp`` itself."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(sections) == 1:
+            return sections[0]
+    return tp
+
+
 def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None:
     """Set ``parts`` in the nested mapping, checking each key against the dataclass."""
     node, klass = data, cls
@@ -316,7 +387,7 @@ def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None
         dotted = ".".join(parts[: i + 1])
         if part not in fields:
             raise ConfigError(f"<override>: unknown key {dotted}")
-        tp = typing.get_type_hints(klass)[part]
+        tp = _section_type(typing.get_type_hints(klass)[part])
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
                 raise ConfigError(f"<override>: {dotted} is a section; set one of its keys")
@@ -332,12 +403,19 @@ def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None
         node, klass = child, tp
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> T:
     """Load ``cls`` from the YAML file ``path`` (optional) with ``a.b=value`` overrides applied.
 
     Override values are parsed as YAML scalars (``lr=3e-5`` is a float, ``enable=false`` a bool).
+    ``values`` (dotted key → Python value, e.g. from a command's flags) are applied last, so a flag
+    wins over an override, which wins over the file, which wins over the defaults.
     Raises ConfigError (one line naming the key and the file) on an unknown key, a wrong type, a
-    missing required key, or unreadable YAML.
+    value out of range, a missing required key, or unreadable YAML.
     """
     data: dict = {}
     where = str(path) if path is not None else "<override>"
@@ -362,15 +440,94 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         parts, value = _parse_override(text)
         _apply_override(data, cls, parts, value)
         override_keys.add(".".join(parts))
+    for key, value in (values or {}).items():
+        _apply_override(data, cls, key.split("."), value)
+        override_keys.add(key)
     try:
         return _build(cls, data, where)
     except ConfigError as exc:
         # A bad value that came from an override is the override's fault, not the file's.
         msg = str(exc)
         for key in override_keys:
-            if msg.startswith(f"{where}: {key} ") and where != "<override>":
+            if msg.startswith((f"{where}: {key} ", f"{where}: missing required key {key}")) and (
+                where != "<override>"
+            ):
                 raise ConfigError(msg.replace(where, "<override>", 1)) from None
         raise
+
+
+def to_overrides(cfg: Any, *, always_factory: bool = False) -> list[str]:
+    """``key=value`` overrides that rebuild ``cfg`` from its class defaults (only the keys that differ).
+
+    This is how an executor (the local pipeline, a cluster workflow) renders a stage's settings onto
+    the stage command's line: ``load_config(type(cfg), None, to_overrides(cfg)) == cfg``.
+    """
+    out: list[str] = []
+    defaults = _defaults(type(cfg), always_factory)
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            out += [f"{field.name}.{o}" for o in to_overrides(value, always_factory=always_factory)]
+        elif field.name not in defaults or defaults[field.name] != value:
+            out.append(f"{field.name}={_yaml_scalar(value)}")
+    return out
+
+
+def cli_flags(spec: str) -> dict[str, str]:
+    """A config class's ``CLI_FLAGS`` (field → flag) from ``"field other_field field_s:--flag"``.
+
+    A field's flag is ``--`` plus its name with dashes unless ``:--spelling`` follows it.
+    """
+    out = {}
+    for item in spec.split():
+        key, _, flag = item.partition(":")
+        out[key] = flag or "--" + key.replace("_", "-")
+    return out
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (computed for a ``default_factory``); MISSING if none."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def to_argv(cfg: Any) -> list[str]:
+    """Command-line words that rebuild ``cfg`` on a stage command: the keys that differ from the defaults.
+
+    A key the stage command has a flag for (the class's ``CLI_FLAGS``: field → flag) is rendered as
+    that flag when its value is a plain scalar (``--num-samples 4``), so a rendered command reads like
+    one a person would type; every other key as a ``key=value`` override, which every stage command
+    also takes. A field whose default is computed (``default_factory``) is always rendered: its
+    default may differ on the machine that runs the command (e.g. the CPU count).
+    """
+    flags: Mapping[str, str] = getattr(type(cfg), "CLI_FLAGS", {})
+    words: list[str] = []
+    for item in to_overrides(cfg, always_factory=True):
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text)
+        if key in flags and isinstance(value, int | float | str) and not isinstance(value, bool):
+            words += [flags[key], str(value)]
+        else:
+            words.append(item)
+    return words
+
+
+def _defaults(cls: type, always_factory: bool = False) -> dict[str, Any]:
+    return {
+        f.name: field_default(f)
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING
+        or (f.default_factory is not dataclasses.MISSING and not always_factory)
+    }
+
+
+def _yaml_scalar(value: Any) -> str:
+    """``value`` as the YAML text :func:`_parse_override` reads back to an equal value."""
+    if isinstance(value, float) and value.is_integer():
+        return repr(value)  # "2.0", never "2": an int would not round-trip through a float field's check
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return text.removesuffix("\n...\n").strip()
 
 
 def config_to_dict(cfg: Any) -> dict:

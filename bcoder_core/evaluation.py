@@ -40,9 +40,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from bcoder_core.errors import BcoderError
+from bcoder_core.config import cli_flags
+from bcoder_core.errors import BcoderError, check
 from bcoder_core.jsonl import read_jsonl
 from bcoder_core.problems import Problem, count_tests
 
@@ -458,3 +459,146 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             name = f"**{g}**" if g == "all" else g
             lines.append(f"| {name} | {res['problems']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """`bcoder evaluate`: which pass@k values, how many samples, which split, the bootstrap."""
+
+    CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags("n_samples split bootstrap seed")
+    """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 5])
+    """pass@k values reported."""
+    n_samples: int | None = None
+    """Expected samples per problem when no samples file is given (None: each problem's result count)."""
+    split: str | None = None
+    """Evaluate only the problems of this split (None: every problem of the problem set)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples over problems for the confidence intervals (0: none)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.ks) and all(k >= 1 for k in self.ks), "ks", f"must be positive integers (got {self.ks})"
+        )
+        check(
+            self.n_samples is None or self.n_samples >= 1, "n_samples", f"must be >= 1 (got {self.n_samples})"
+        )
+        check(self.bootstrap >= 0, "bootstrap", f"must be >= 0 (got {self.bootstrap})")
+        check(0 < self.confidence < 1, "confidence", f"must lie in (0, 1) (got {self.confidence})")
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"1,5"`` → [1, 5] (the ``--k`` flag)."""
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BcoderError(f"--k {text!r}: expected comma-separated positive integers, e.g. 1,5") from None
+    if not ks or any(k < 1 for k in ks):
+        raise BcoderError(f"--k {text!r}: expected comma-separated positive integers, e.g. 1,5")
+    return ks
+
+
+def select_split(
+    problems: list[Problem], split: str | None, *record_lists: list[dict[str, Any]] | None
+) -> tuple[list[Problem], list[list[dict[str, Any]] | None]]:
+    """The problems of ``split`` and, of each record list, the records of those problems (None: all)."""
+    if split is None:
+        return problems, list(record_lists)
+    kept = [p for p in problems if p.split == split]
+    if not kept:
+        raise BcoderError(f"no problems of split {split!r}")
+    ids = {p.id for p in kept}
+    return kept, [
+        None if records is None else [r for r in records if str(r.get("problem_id")) in ids]
+        for records in record_lists
+    ]
+
+
+def _manifest_config(uri: str) -> dict[str, Any]:
+    """The ``config`` recorded in the manifest of the artifact at ``uri`` ({} when there is none)."""
+    from bcoder_core import storage
+
+    try:
+        config = storage.read_manifest(uri).get("config")
+    except BcoderError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _check_tests_kind(uri: str, option: str, expected: str) -> dict[str, Any]:
+    config = _manifest_config(uri)
+    if config.get("tests") not in (None, expected):
+        raise BcoderError(
+            f"{option} {uri}: these results were run on the {config['tests']} tests, not the {expected} tests"
+        )
+    return config
+
+
+def run_evaluate(
+    problems: str,
+    results: str,
+    cfg: EvaluateConfig,
+    *,
+    samples: str | None = None,
+    example_results: str | None = None,
+    out_json: str | None = None,
+    out_md: str | None = None,
+) -> str:
+    """The ``bcoder evaluate`` stage: writes the JSON and Markdown reports; returns the Markdown."""
+    from bcoder_core import storage
+    from bcoder_core.problems import read_problems
+
+    results_config = _check_tests_kind(results, "--results", "hidden")
+    if example_results:
+        _check_tests_kind(example_results, "--example-results", "example")
+    problem_list = read_problems(storage.input_path(problems))
+    result_records = read_jsonl_records(storage.input_path(results), "results")
+    sample_records = read_jsonl_records(storage.input_path(samples), "samples") if samples else None
+    example_records = (
+        read_jsonl_records(storage.input_path(example_results), "example results")
+        if example_results
+        else None
+    )
+    try:
+        problem_list, (result_records, sample_records, example_records) = select_split(
+            problem_list, cfg.split, result_records, sample_records, example_records
+        )
+    except BcoderError as exc:
+        raise BcoderError(f"{problems}: {exc}") from None
+    report = evaluate(
+        problem_list,
+        result_records or [],
+        sample_records,
+        cfg.ks,
+        example_results=example_records,
+        n_samples=cfg.n_samples,
+        bootstrap=cfg.bootstrap,
+        seed=cfg.seed,
+        confidence=cfg.confidence,
+        compare_mode=results_config.get("compare"),
+    )
+    report["inputs"] = {
+        "problems": problems,
+        "results": results,
+        "samples": samples,
+        "example_results": example_results,
+        "split": cfg.split,
+    }
+    markdown = render_markdown(report)
+    for uri, name, text in (
+        (out_json, "report.json", json.dumps(report, indent=1) + "\n"),
+        (out_md, "report.md", markdown),
+    ):
+        if uri:
+            with storage.output_path(uri, kind="evaluation") as path:
+                target = path / name if path.is_dir() else path
+                target.write_text(text, encoding="utf-8")
+    return markdown

@@ -1,7 +1,10 @@
 """The whole B-Coder method on one machine, stage by stage (DESIGN §1, issue "one command").
 
 Every stage is the same ``bcoder`` command a Kubernetes Job runs, started here as a child process
-with its inputs and its one output given as URIs under the run directory. A stage whose output is
+with its inputs and its one output given as URIs under the run directory. The run description
+(:class:`PipelineConfig`) embeds each stage's own config class (the one its command loads), and
+:func:`plan` renders them onto the command lines with :func:`bcoder_core.config.to_argv`, so any
+executor (this one, a cluster workflow) runs the same stages from the same data. A stage whose output is
 committed (its manifest exists) is skipped, so re-running the pipeline resumes where it stopped;
 training stages resume from their own ``latest`` checkpoint. Running each stage as a process keeps
 memory flat (a stage's model is gone when it ends) and keeps the local path identical to the
@@ -20,37 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bcoder_core import storage
-from bcoder_core.errors import BcoderError
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BenchmarkSettings:
-    """The built-in benchmark the pipeline generates."""
-
-    seed: int = 0
-    """Generator seed (the same seed gives byte-identical problems)."""
-    n_train: int = 400
-    """Training problems."""
-    n_test: int = 120
-    """Test problems (combinations of primitives never seen in training)."""
-    n_val: int = 0
-    """Validation problems, drawn like the test split and disjoint from it (0: none)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SamplingSettings:
-    """Sampling of programs from a model (DESIGN §2.8)."""
-
-    num_samples: int = 8
-    """Programs per problem (m)."""
-    temperature: float = 0.8
-    """Sampling temperature."""
-    top_p: float = 0.95
-    """Nucleus sampling mass."""
-    max_new_tokens: int = 128
-    """Longest program in tokens."""
-    batch_size: int = 32
-    """Sequences generated at once."""
+from bcoder_core.benchmark import BenchmarkConfig
+from bcoder_core.config import to_argv
+from bcoder_core.errors import BcoderError, check
+from bcoder_core.evaluation import EvaluateConfig
+from bcoder_core.execution import ExecutionConfig
+from bcoder_core.rl.configs import AnnotateConfig, RankConfig, SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,27 +42,20 @@ class StageTraining:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ExecuteSettings:
-    """How sampled programs are executed (DESIGN §4)."""
-
-    workers: int = 2
-    """Parallel program executions."""
-    timeout: float = 4.0
-    """Wall-clock limit per test, in seconds."""
-    sandbox: str = "process"
-    """process | bwrap | gvisor."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
-    """The end-to-end run: benchmark, checkpoint (sft), phi, theta, ablation, evaluation."""
+    """The end-to-end run: benchmark, checkpoint (sft), phi, theta, ablation, evaluation.
+
+    Each stage's section is that stage command's own config (``bcoder sample --show-config`` lists
+    the keys of ``train_sampling`` and ``test_sampling``, and so on). ``seed`` and ``alpha`` are the
+    run's: they replace the sampling seeds and annotate's α, so one value holds through a run.
+    """
 
     run_dir: str = "runs/demo"
     """Where every artifact of the run goes (a local directory)."""
     seed: int = 0
-    """Seed for sampling and training."""
-    benchmark: BenchmarkSettings = dataclasses.field(default_factory=BenchmarkSettings)
-    """The generated benchmark."""
+    """Seed of the run: every sampling stage's seed and every training stage's seed."""
+    benchmark: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
+    """The generated benchmark (`bcoder benchmark generate`)."""
     sft: StageTraining
     """Supervised fine-tuning that makes the stand-in checkpoint."""
     phi: StageTraining
@@ -93,14 +64,18 @@ class PipelineConfig:
     """Theta stage (Q_theta fine-tuning)."""
     ablation: StageTraining | None = None
     """Theta stage trained with L_ce alone for the same steps (None: skip the ablation)."""
-    train_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    train_sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     """Sampling of the checkpoint on the training split (the generated programs of the replay data)."""
-    test_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
-    """Sampling on the test split for evaluation."""
-    execute: ExecuteSettings = dataclasses.field(default_factory=ExecuteSettings)
-    """Execution of sampled programs."""
-    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5])
-    """pass@k values reported."""
+    test_sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    """Sampling on the evaluated split (`bcoder sample`)."""
+    execute: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+    """Execution of sampled programs (`bcoder execute`)."""
+    annotate: AnnotateConfig = dataclasses.field(default_factory=AnnotateConfig)
+    """The annotation passes (`bcoder annotate`, with and without --phi); its alpha is the run's."""
+    rank: RankConfig = dataclasses.field(default_factory=RankConfig)
+    """Ranking by the learned reward (`bcoder rank`)."""
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    """pass@k evaluation (`bcoder evaluate`)."""
     alpha: float = 1.0
     """Policy temperature α of A = α(ℓ − max ℓ) (paper: 1), shared by annotate, phi, theta and rank."""
     eval_split: str = "test"
@@ -108,10 +83,20 @@ class PipelineConfig:
     (needs benchmark.n_val > 0; its artifacts and report-val.md sit beside the test ones)."""
 
     def __post_init__(self) -> None:
-        if self.eval_split not in ("test", "val"):
-            raise BcoderError(f"eval_split must be test or val (got {self.eval_split!r})")
-        if self.eval_split == "val" and self.benchmark.n_val < 1:
-            raise BcoderError("eval_split=val needs benchmark.n_val > 0")
+        check(
+            self.eval_split in ("test", "val"), "eval_split", f"must be test or val (got {self.eval_split!r})"
+        )
+        check(
+            self.eval_split != "val" or self.benchmark.n_val >= 1,
+            "eval_split",
+            "val needs benchmark.n_val > 0",
+        )
+        check(self.alpha > 0, "alpha", f"must be > 0 (got {self.alpha})")
+
+    @property
+    def ks(self) -> list[int]:
+        """The pass@k values reported (``evaluate.ks``)."""
+        return self.evaluate.ks
 
 
 def eval_paths(cfg: PipelineConfig) -> tuple[str, str]:
@@ -139,34 +124,23 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     """The ordered stages of a run (pure: builds command lines, runs nothing)."""
     run = cfg.run_dir.rstrip("/")
     bench = f"{run}/benchmark"
-    train_p, test_p = f"{run}/problems/train.jsonl", f"{run}/problems/test.jsonl"
+    train_p = f"{run}/problems/train.jsonl"
     sft, phi, theta = f"{run}/sft", f"{run}/phi", f"{run}/theta"
     ckpt, phi_model, theta_model = f"{sft}/final", f"{phi}/final", f"{theta}/final"
-    ex = cfg.execute
-    exec_opts = ["--workers", str(ex.workers), "--timeout", str(ex.timeout), "--sandbox", ex.sandbox]
+    train_samples, train_results = f"{run}/samples/train-ckpt.jsonl", f"{run}/results/train-ckpt.jsonl"
+    annotate_cfg = dataclasses.replace(cfg.annotate, alpha=cfg.alpha)
 
-    def sample(model: str, problems: str, out: str, s: SamplingSettings) -> list[str]:
-        return [
-            "sample",
-            "--model",
-            model,
-            "--problems",
-            problems,
-            "--out",
-            out,
-            "--num-samples",
-            str(s.num_samples),
-            "--temperature",
-            str(s.temperature),
-            "--top-p",
-            str(s.top_p),
-            "--max-new-tokens",
-            str(s.max_new_tokens),
-            "--batch-size",
-            str(s.batch_size),
-            "--seed",
-            str(cfg.seed),
-        ]
+    def sample(model: str, problems: str, out: str, s: SamplingConfig) -> Stage:
+        settings = to_argv(dataclasses.replace(s, seed=cfg.seed))
+        return Stage("", ["sample", "--model", model, "--problems", problems, "--out", out, *settings], out)
+
+    def execute(problems: str, samples: str, out: str, tests: str = "hidden") -> list[str]:
+        settings = to_argv(dataclasses.replace(cfg.execute, tests=tests))
+        return ["execute", "--problems", problems, "--samples", samples, "--out", out, *settings]
+
+    def annotate(out: str, phi_args: Sequence[str]) -> list[str]:
+        io = ["--model", ckpt, *phi_args, "--problems", train_p, "--samples", train_samples]
+        return ["annotate", *io, "--results", train_results, "--out", out, *to_argv(annotate_cfg)]
 
     def train(stage: str, t: StageTraining, output: str, extra: Sequence[str]) -> list[str]:
         return [
@@ -180,149 +154,41 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             *t.overrides,
         ]
 
-    b = cfg.benchmark
+    def prepare(split: str) -> Stage:
+        out = f"{run}/problems/{split}.jsonl"
+        argv = ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/{split}", "--out", out]
+        return Stage(f"prepare-{split}", argv, out)
+
+    splits = ["train", "test"] + (["val"] if cfg.benchmark.n_val else [])
     stages = [
-        Stage(
-            "benchmark",
-            [
-                "benchmark",
-                "generate",
-                "--out",
-                bench,
-                "--seed",
-                str(b.seed),
-                "--n-train",
-                str(b.n_train),
-                "--n-test",
-                str(b.n_test),
-                *(["--n-val", str(b.n_val)] if b.n_val else []),
-            ],
-            bench,
-        ),
-        Stage(
-            "prepare-train",
-            ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/train", "--out", train_p],
-            train_p,
-        ),
-        Stage(
-            "prepare-test",
-            ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/test", "--out", test_p],
-            test_p,
-        ),
-    ]
-    if b.n_val:
-        val_p = f"{run}/problems/val.jsonl"
-        stages.append(
-            Stage(
-                "prepare-val",
-                ["data", "prepare", "apps", "--name", "builtin", "--source", f"{bench}/val", "--out", val_p],
-                val_p,
-            )
-        )
-    stages += [
+        Stage("benchmark", ["benchmark", "generate", "--out", bench, *to_argv(cfg.benchmark)], bench),
+        *(prepare(split) for split in splits),
         Stage("sft", train("sft", cfg.sft, sft, [f"problems={train_p}"]), ckpt),
-        Stage(
-            "sample-train",
-            sample(ckpt, train_p, f"{run}/samples/train-ckpt.jsonl", cfg.train_sampling),
-            f"{run}/samples/train-ckpt.jsonl",
-        ),
-        Stage(
-            "execute-train",
-            [
-                "execute",
-                "--problems",
-                train_p,
-                "--samples",
-                f"{run}/samples/train-ckpt.jsonl",
-                "--out",
-                f"{run}/results/train-ckpt.jsonl",
-                *exec_opts,
-            ],
-            f"{run}/results/train-ckpt.jsonl",
-        ),
-        Stage(
-            "annotate",
-            [
-                "annotate",
-                "--model",
-                ckpt,
-                "--problems",
-                train_p,
-                "--samples",
-                f"{run}/samples/train-ckpt.jsonl",
-                "--results",
-                f"{run}/results/train-ckpt.jsonl",
-                "--out",
-                f"{run}/transitions",
-                "--alpha",
-                str(cfg.alpha),
-            ],
-            f"{run}/transitions",
-        ),
+        dataclasses.replace(sample(ckpt, train_p, train_samples, cfg.train_sampling), name="sample-train"),
+        Stage("execute-train", execute(train_p, train_samples, train_results), train_results),
+        Stage("annotate", annotate(f"{run}/transitions", []), f"{run}/transitions"),
         Stage(
             "phi",
             train("phi", cfg.phi, phi, [f"transitions={run}/transitions", f"model.init={ckpt}"]),
             phi_model,
         ),
         Stage(
-            "annotate-phi",
-            [
-                "annotate",
-                "--model",
-                ckpt,
-                "--phi",
-                phi_model,
-                "--problems",
-                train_p,
-                "--samples",
-                f"{run}/samples/train-ckpt.jsonl",
-                "--results",
-                f"{run}/results/train-ckpt.jsonl",
-                "--out",
-                f"{run}/transitions-phi",
-                "--alpha",
-                str(cfg.alpha),
-            ],
-            f"{run}/transitions-phi",
-        ),
-        Stage(
-            "theta",
-            train(
-                "theta",
-                cfg.theta,
-                theta,
-                [
-                    f"transitions={run}/transitions-phi",
-                    f"phi={phi_model}",
-                    f"model.init={ckpt}",
-                    f"alpha={cfg.alpha}",
-                ],
-            ),
-            theta_model,
+            "annotate-phi", annotate(f"{run}/transitions-phi", ["--phi", phi_model]), f"{run}/transitions-phi"
         ),
     ]
+    theta_inputs = [
+        f"transitions={run}/transitions-phi",
+        f"phi={phi_model}",
+        f"model.init={ckpt}",
+        f"alpha={cfg.alpha}",
+    ]
+    stages.append(Stage("theta", train("theta", cfg.theta, theta, theta_inputs), theta_model))
     # method -> (the model that samples, the θ whose learned reward R̃ ranks its samples). The checkpoint's
     # own samples are ranked by B-Coder's R̃ (paper Table 3); the ablation ranks with its own θ.
     methods = {"ckpt": (ckpt, theta_model), "bcoder": (theta_model, theta_model)}
     if cfg.ablation is not None:
         abl = f"{run}/theta-ce"
-        stages.append(
-            Stage(
-                "theta-ce",
-                train(
-                    "theta",
-                    cfg.ablation,
-                    abl,
-                    [
-                        f"transitions={run}/transitions-phi",
-                        f"phi={phi_model}",
-                        f"model.init={ckpt}",
-                        f"alpha={cfg.alpha}",
-                    ],
-                ),
-                f"{abl}/final",
-            )
-        )
+        stages.append(Stage("theta-ce", train("theta", cfg.ablation, abl, theta_inputs), f"{abl}/final"))
         methods["ce-only"] = (f"{abl}/final", f"{abl}/final")
     split, ev = eval_paths(cfg)
     eval_p = f"{run}/problems/{split}.jsonl"
@@ -332,75 +198,40 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         ranked = f"{run}/samples/{split}-{method}-ranked.jsonl"
         results = f"{run}/results/{split}-{method}.jsonl"
         example = f"{run}/results/{split}-{method}-example.jsonl"
+        rank_io = [
+            "--model",
+            ranker,
+            "--phi",
+            phi_model,
+            "--problems",
+            eval_p,
+            "--samples",
+            raw,
+            "--out",
+            ranked,
+        ]
+        eval_io = [
+            "--problems",
+            eval_p,
+            "--results",
+            results,
+            "--samples",
+            ranked,
+            "--example-results",
+            example,
+        ]
+        report_out = ["--out-json", f"{ev}/{method}.json", "--out-md", f"{ev}/{method}.md"]
         stages += [
-            Stage(f"sample-{split}-{method}", sample(model, eval_p, raw, cfg.test_sampling), raw),
-            # Every method's samples are scored by B-Coder's learned reward (paper Table 3 for the ckpt).
-            Stage(
-                f"rank-{tag}",
-                [
-                    "rank",
-                    "--model",
-                    ranker,
-                    "--phi",
-                    phi_model,
-                    "--problems",
-                    eval_p,
-                    "--samples",
-                    raw,
-                    "--out",
-                    ranked,
-                ],
-                ranked,
+            dataclasses.replace(
+                sample(model, eval_p, raw, cfg.test_sampling), name=f"sample-{split}-{method}"
             ),
-            Stage(
-                f"execute-{split}-{method}",
-                [
-                    "execute",
-                    "--problems",
-                    eval_p,
-                    "--samples",
-                    ranked,
-                    "--out",
-                    results,
-                    *exec_opts,
-                ],
-                results,
-            ),
-            Stage(
-                f"execute-example-{tag}",
-                [
-                    "execute",
-                    "--problems",
-                    eval_p,
-                    "--samples",
-                    ranked,
-                    "--tests",
-                    "example",
-                    "--out",
-                    example,
-                    *exec_opts,
-                ],
-                example,
-            ),
+            # Every method's samples are scored by a learned reward (paper Table 3 for the ckpt).
+            Stage(f"rank-{tag}", ["rank", *rank_io, *to_argv(cfg.rank)], ranked),
+            Stage(f"execute-{split}-{method}", execute(eval_p, ranked, results), results),
+            Stage(f"execute-example-{tag}", execute(eval_p, ranked, example, tests="example"), example),
             Stage(
                 f"evaluate-{tag}",
-                [
-                    "evaluate",
-                    "--problems",
-                    eval_p,
-                    "--results",
-                    results,
-                    "--samples",
-                    ranked,
-                    "--example-results",
-                    example,
-                    "--k",
-                    ",".join(map(str, cfg.ks)),
-                    "--out-json",
-                    f"{ev}/{method}.json",
-                    "--out-md",
-                    f"{ev}/{method}.md",
-                ],
+                ["evaluate", *eval_io, *report_out, *to_argv(cfg.evaluate)],
                 f"{ev}/{method}.json",
             ),
         ]

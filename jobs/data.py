@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import typer
-
-
-class Dataset(StrEnum):
-    apps = "apps"
-    mbpp = "mbpp"
-    humaneval = "humaneval"
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    from bcoder_core.data import DATASETS
+
     data_app = typer.Typer(
         help="Problem sets: normalise public data sets into the problem-set JSONL (DESIGN §3.1).",
         no_args_is_help=True,
@@ -22,8 +16,8 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("prepare")
     def prepare(
-        dataset: Dataset = typer.Argument(
-            ..., help="Which loader: apps (also the built-in benchmark), mbpp, humaneval."
+        dataset: str = typer.Argument(
+            ..., help=f"Which loader: {', '.join(DATASETS)} (apps also reads the built-in benchmark)."
         ),
         source: str | None = typer.Option(
             None,
@@ -56,13 +50,13 @@ def register(app: typer.Typer) -> None:
         from bcoder_core.problems import write_problems
 
         src = str(storage.input_path(source)) if source is not None else None
-        result = load_dataset(dataset.value, src, split=split, name=name, strict=strict)
+        result = load_dataset(dataset, src, split=split, name=name, strict=strict)
         for bad in result.skipped:
             typer.echo(f"skipped {bad.id}: {bad.reason}", err=True)
         typer.echo(result.summary(), err=True)
         if not result.problems:
-            raise BcoderError(f"{source or dataset.value}: no problems kept; nothing written to {out}")
-        config = {"dataset": dataset.value, "source": source, "split": split, "name": name, "strict": strict}
+            raise BcoderError(f"{source or dataset}: no problems kept; nothing written to {out}")
+        config = {"dataset": dataset, "source": source, "split": split, "name": name, "strict": strict}
         with storage.output_path(out, kind="problems", config=config) as path:
             target = path / "problems.jsonl" if path.is_dir() else path
             n = write_problems(result.problems, target)

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-
-class Stage(StrEnum):
-    """Stages with a Job manifest in k8s/."""
-
-    phi = "phi"
-    theta = "theta"
-    sample = "sample"
-    execute = "execute"
-    evaluate = "evaluate"
+JOB_STAGES = ("phi", "theta", "sample", "execute", "evaluate")
+"""Stages with a Job manifest in k8s/ (``k8s/<stage>-job.yaml``)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("submit")
     def submit_cmd(
-        stage: Stage = typer.Argument(..., help="Stage to run: its Job is k8s/<stage>-job.yaml."),
+        stage: Literal[JOB_STAGES] = typer.Argument(  # type: ignore[valid-type]
+            ..., help="Stage to run: its Job is k8s/<stage>-job.yaml."
+        ),
         run_name: str | None = typer.Option(
             None,
             "--run-name",
@@ -72,33 +67,28 @@ def register(app: typer.Typer) -> None:
         from bcoder_core import cluster
 
         run = cluster.check_run_name(run_name) if run_name else cluster.new_run_name()
-        if dry_run:
-            root = runs_root or cluster.runs_root_from_manifests(manifests)
-            job = cluster.render_job(
-                stage.value,
-                run_name=run,
-                runs_root=root,
-                image=image,
-                sets=sets,
-                shards=shards,
-                manifests=manifests,
+        api = None if dry_run else cluster.api_client(kubeconfig, context)
+        if runs_root is None:
+            # A dry run reads no cluster: the runs root comes from the manifests' ConfigMap.
+            runs_root = (
+                cluster.runs_root_from_manifests(manifests)
+                if api is None
+                else cluster.runs_root_from_cluster(api, namespace)
             )
-            typer.echo(yaml.safe_dump(job.body, sort_keys=False), nl=False)
-            return
-
-        api = cluster.api_client(kubeconfig, context)
-        root = runs_root or cluster.runs_root_from_cluster(api, namespace)
         job = cluster.render_job(
-            stage.value,
+            stage,
             run_name=run,
-            runs_root=root,
+            runs_root=runs_root,
             image=image,
             sets=sets,
             shards=shards,
             manifests=manifests,
         )
+        if api is None:
+            typer.echo(yaml.safe_dump(job.body, sort_keys=False), nl=False)
+            return
         cluster.create_job(api, namespace, job)
-        typer.echo(f"created Job {namespace}/{job.name} (stage {stage.value}, run {run}: {job.run_uri})")
+        typer.echo(f"created Job {namespace}/{job.name} (stage {stage}, run {run}: {job.run_uri})")
         if not (wait or follow):
             typer.echo(f"logs: kubectl logs -n {namespace} -f -l {cluster.JOB_NAME_LABEL}={job.name}")
             return

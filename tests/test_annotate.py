@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers.numeric import assert_close_f32
 from rl_helpers import make_problems, one_thread
 
 from bcoder_core.errors import BcoderError
@@ -134,7 +135,7 @@ def test_columns_equal_the_frozen_models_on_the_fly(tmp_path, world, tok):
         assert rec.program_ids.tolist() == ids and ids[-1] == tok.eos_token_id
         assert rec.prompt_ids.tolist() == encode_prompt(p, tok, 600)
         adv, greedy, _ = _on_the_fly(model, tok, p, ids)
-        np.testing.assert_allclose(rec.ckpt_adv, adv, atol=1e-5)
+        assert_close_f32(rec.ckpt_adv, adv)
         assert rec.ckpt_greedy.tolist() == greedy
         assert (rec.ckpt_adv <= 0).all()
     assert len(seen) == len(store)
@@ -150,10 +151,10 @@ def test_reannotating_with_phi_adds_v_phi(tmp_path, world, tok):
     problems = {p.id: p for p in world["problems"]}
     for a, b in zip(plain, with_phi, strict=True):
         assert (a.problem_id, a.sample_id, a.is_gt) == (b.problem_id, b.sample_id, b.is_gt)
-        np.testing.assert_allclose(a.ckpt_adv, b.ckpt_adv, atol=1e-6)
+        assert_close_f32(a.ckpt_adv, b.ckpt_adv)
         assert a.ckpt_greedy.tolist() == b.ckpt_greedy.tolist()
         _, _, v = _on_the_fly(model, tok, problems[b.problem_id], b.program_ids.tolist())
-        np.testing.assert_allclose(b.v_phi, v, atol=1e-5)
+        assert_close_f32(b.v_phi, v)
     assert np.abs(np.concatenate([r.v_phi for r in with_phi])).max() > 0.1  # not the zero head
 
 

@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from problem_helpers import stdin_problem
 
 from bcoder_core.errors import BcoderError
 from bcoder_core.evaluation import evaluate, pass_at_k, render_markdown, top_k_solved
@@ -62,15 +63,14 @@ def test_top_k_solved_order_and_ties():
 
 
 def _p(pid: str, difficulty: str | None = "interview", examples: bool = True) -> Problem:
-    return Problem(
-        id=pid,
-        source="t",
-        split="test",
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    return stdin_problem(
+        pid,
+        tests["inputs"],
+        tests["outputs"],
         question="q",
-        format="stdin",
         difficulty=difficulty,
-        tests={"inputs": ["1\n"], "outputs": ["1\n"]},
-        example_tests={"inputs": ["1\n"], "outputs": ["1\n"]} if examples else {},
+        example_tests=dict(tests) if examples else {},
     )
 
 

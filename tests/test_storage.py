@@ -1,4 +1,5 @@
-"""Storage on local paths: layout, manifests, atomic outputs, verification (no server needed)."""
+"""Storage on local paths: layout, manifests, atomic outputs, verification; the backend protocol and
+its registry (no server needed)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from bcoder_core import storage
 from bcoder_core.errors import ArtifactCorrupt, ArtifactNotFound, BcoderError
+from bcoder_core.storage import backend
+from bcoder_core.storage.backend import clean_parts
+from bcoder_core.storage.local import LocalBackend
+from bcoder_core.storage.s3 import S3Backend
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -184,3 +192,140 @@ def test_join_and_uri_forms() -> None:
     assert storage.is_s3("s3://bucket/p") and not storage.is_s3("/s3/x")
     with pytest.raises(BcoderError, match="not a valid S3 URI"):
         storage.read_text("s3:///key")
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends
+
+
+def test_registry_picks_the_backend_by_scheme(tmp_path: Path) -> None:
+    local = storage.backend_for(str(tmp_path))
+    assert isinstance(local, LocalBackend)
+    assert storage.backend_for(f"file://{tmp_path}") is local
+    assert storage.backend_for("relative/dir") is local
+    assert isinstance(storage.backend_for("s3://bucket/key"), S3Backend)
+    assert storage.local_path(f"file://{tmp_path}") == tmp_path
+    assert storage.local_path("s3://bucket/key") is None
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub").mkdir()
+    assert local.list_names(str(tmp_path)) == ["a.txt"]
+
+
+def test_file_uris_are_local_paths(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/results.jsonl"
+    with storage.output_path(uri, kind="results") as out:
+        out.write_text("r\n")
+    assert storage.input_path(uri) == tmp_path / "results.jsonl"
+    assert storage.exists(str(tmp_path / "results.jsonl"))
+
+
+@pytest.mark.parametrize("call", [storage.input_path, storage.exists, storage.read_text, storage.delete])
+def test_an_unknown_scheme_is_one_clear_error(call: Callable[[str], object]) -> None:
+    uri = "gs://bucket/run/samples.jsonl"
+    with pytest.raises(BcoderError) as exc:
+        call(uri)
+    assert str(exc.value) == f"{uri}: no storage backend for gs:// URIs (known: local paths, file://, s3://)"
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
+class MemoryBackend:
+    """A remote store in a dict: the manifest logic must work through the protocol alone."""
+
+    user_data = False
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}  # in write order
+
+    def join(self, uri: str, *parts: str) -> str:
+        return "/".join([uri.rstrip("/"), *clean_parts(parts)])
+
+    def local_path(self, uri: str) -> None:
+        return None
+
+    def read_bytes(self, uri: str) -> bytes | None:
+        return self.objects.get(uri)
+
+    def write_bytes(self, uri: str, data: bytes, *, where: str | None = None) -> None:
+        self.objects.pop(uri, None)
+        self.objects[uri] = data
+
+    def list_names(self, uri: str) -> list[str]:
+        prefix = uri.rstrip("/") + "/"
+        return sorted(
+            k[len(prefix) :] for k in self.objects if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        )
+
+    def delete(self, uri: str, *, tree: bool = False, where: str | None = None) -> None:
+        self.objects.pop(uri, None)
+        if tree:
+            for key in [k for k in self.objects if k.startswith(uri.rstrip("/") + "/")]:
+                del self.objects[key]
+
+    def staging(self, uri: str) -> AbstractContextManager[Path]:
+        return _scratch()
+
+    def install(
+        self, src: Path, uri: str, *, files: list[str], manifest_uri: str, manifest: bytes, keep_src: bool
+    ) -> None:
+        self.delete(manifest_uri)
+        pairs = [(uri, src)] if src.is_file() else [(self.join(uri, rel), src / rel) for rel in files]
+        for key, path in pairs:
+            self.write_bytes(key, path.read_bytes())
+        self.write_bytes(manifest_uri, manifest)
+
+    def download(self, items: list[tuple[str, Path]], *, where: str) -> None:
+        for uri, path in items:
+            if uri in self.objects:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(self.objects[uri])
+
+
+@pytest.fixture
+def mem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MemoryBackend:
+    monkeypatch.setattr(backend, "_backends", dict(backend._backends))  # the registration ends with the test
+    monkeypatch.setenv("BCODER_CACHE_DIR", str(tmp_path / "cache"))
+    store = MemoryBackend()
+    storage.register("mem", store)
+    return store
+
+
+def test_a_registered_backend_gets_the_whole_manifest_logic(mem: MemoryBackend, tmp_path: Path) -> None:
+    uri = "mem://b/run/step_1"
+    with storage.output_path(uri, kind="checkpoint", config={"lr": 1}) as out:
+        (out / "model").mkdir()
+        (out / "model" / "w.bin").write_bytes(b"w" * 10)
+        (out / "state.json").write_text("{}")
+    assert list(mem.objects) == [f"{uri}/model/w.bin", f"{uri}/state.json", f"{uri}/manifest.json"]
+    assert storage.read_manifest(uri)["config"] == {"lr": 1}
+    local = storage.input_path(uri)
+    assert local.is_relative_to(tmp_path / "cache") and (local / "model" / "w.bin").read_bytes() == b"w" * 10
+
+    storage.write_text("mem://b/run/latest", "step_1")
+    assert storage.input_path("mem://b/run") == local  # the marker is followed, the cache reused
+    mem.objects[f"{uri}/model/w.bin"] = b"x" * 10
+    with pytest.raises(ArtifactCorrupt, match=rf"{uri}/model/w\.bin: sha256"):
+        storage.fetch(uri, tmp_path / "copy")
+    assert not storage.exists("mem://b/nothing")
+    with pytest.raises(ArtifactNotFound, match="mem://b/nothing: no artifact here"):
+        storage.input_path("mem://b/nothing")
+
+    storage.delete(uri)
+    assert list(mem.objects) == ["mem://b/run/latest"]
+
+
+def test_shards_on_a_registered_backend(mem: MemoryBackend) -> None:
+    for i in (0, 1):
+        assert not storage.exists("mem://b/samples")
+        with storage.output_path(f"mem://b/samples/part-{i}-of-2.jsonl", kind="samples") as out:
+            out.write_text(f"{i}\n")
+    manifest = storage.read_manifest("mem://b/samples")
+    assert manifest["collection"] and [f["path"] for f in manifest["files"]] == [
+        "part-0-of-2.jsonl",
+        "part-1-of-2.jsonl",
+    ]
+    assert (storage.input_path("mem://b/samples") / "part-1-of-2.jsonl").read_text() == "1\n"

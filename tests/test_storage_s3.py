@@ -20,6 +20,7 @@ from servers import S3Env, free_ports, start_seaweed
 
 from bcoder_core import storage
 from bcoder_core.errors import ArtifactCorrupt, ArtifactNotFound, BcoderError
+from bcoder_core.storage import s3 as s3_backend
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,8 +43,8 @@ def test_endpoint_comes_from_the_standard_variables(s3_env: S3Env, monkeypatch: 
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     assert storage.read_text(uri) == "via AWS_ENDPOINT_URL_S3"
-    assert storage._s3_client().meta.endpoint_url == endpoint
-    assert storage._s3_client().meta.config.retries["mode"] == "adaptive"
+    assert s3_backend.client().meta.endpoint_url == endpoint
+    assert s3_backend.client().meta.config.retries["mode"] == "adaptive"
 
 
 def test_round_trip_of_every_artifact_kind(s3_env: S3Env, tmp_path: Path) -> None:

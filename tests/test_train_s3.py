@@ -10,7 +10,7 @@ from bcoder_core import storage
 
 def test_theta_checkpoints_and_resume_on_s3(s3_env, tmp_path):
     from bcoder_core.config import ThetaConfig, load_config
-    from bcoder_core.train import checkpoint as ckpt
+    from bcoder_core.train import checkpoint
     from bcoder_core.train.theta import train_theta
 
     t5 = write_t5_config(tmp_path / "t5.json", dropout=0.1)
@@ -25,7 +25,7 @@ def test_theta_checkpoints_and_resume_on_s3(s3_env, tmp_path):
     train_theta(cfg(str(tmp_path / "local"), 6))  # reference: 6 steps straight, locally
     train_theta(cfg(remote, 4))
     assert storage.read_text(storage.join(remote, "latest")) == "step_4"
-    assert ckpt.read_latest(remote) == 4
+    assert checkpoint.read_latest(remote) == 4
     manifest = storage.read_manifest(storage.join(remote, "step_4"))
     assert manifest["kind"] == "checkpoint"
     assert {"optimizer.pt", "scheduler.pt", "rank_0.pt", "config.yaml", "model/model.safetensors"} <= {
@@ -34,7 +34,7 @@ def test_theta_checkpoints_and_resume_on_s3(s3_env, tmp_path):
 
     result = train_theta(cfg(remote, 6))  # continues from s3://.../step_4
     assert [h["step"] for h in result.history] == [6]
-    assert ckpt.read_latest(remote) == 6
+    assert checkpoint.read_latest(remote) == 6
     final = storage.fetch(result.final)
     assert (final / "config.json").is_file() and (final / "heads.safetensors").is_file()
     want, got = weights(tmp_path / "local" / "final"), weights(final)

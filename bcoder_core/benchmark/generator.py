@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bcoder_core.benchmark.primitives import (
     ALPHABET,
@@ -42,7 +42,8 @@ from bcoder_core.benchmark.primitives import (
     terminals,
     transforms,
 )
-from bcoder_core.errors import BcoderError
+from bcoder_core.config import cli_flags
+from bcoder_core.errors import BcoderError, check
 
 BENCHMARK_NAME = "bcoder-bench"
 BENCHMARK_VERSION = 1
@@ -57,6 +58,9 @@ _MAX_INPUT_TRIES = 8
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """What ``bcoder benchmark generate`` generates."""
+
+    CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags("seed n_train n_test n_val n_hidden n_examples")
+    """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
 
     seed: int = 0
     """Seed of everything: held-out pairs, pipelines, parameters, phrasings, tests."""
@@ -77,19 +81,16 @@ class BenchmarkConfig:
     """Benchmark name recorded in ``benchmark.json`` (the loader's ``--name``)."""
 
     def __post_init__(self) -> None:
-        if self.n_train < 1 or self.n_test < 0 or self.n_val < 0:
-            raise BcoderError(
-                "benchmark: n_train must be >= 1 and n_test, n_val >= 0 "
-                f"(got {self.n_train}, {self.n_test}, {self.n_val})"
-            )
-        if self.n_hidden < 5:
-            raise BcoderError(f"benchmark: n_hidden must be at least 5 (got {self.n_hidden})")
-        if self.n_examples not in (1, 2):
-            raise BcoderError(f"benchmark: n_examples must be 1 or 2 (got {self.n_examples})")
-        if not 0.0 < self.heldout_fraction < 0.5:
-            raise BcoderError(
-                f"benchmark: heldout_fraction must be in (0, 0.5) (got {self.heldout_fraction})"
-            )
+        check(self.n_train >= 1, "n_train", f"must be >= 1 (got {self.n_train})")
+        check(self.n_test >= 0, "n_test", f"must be >= 0 (got {self.n_test})")
+        check(self.n_val >= 0, "n_val", f"must be >= 0 (got {self.n_val})")
+        check(self.n_hidden >= 5, "n_hidden", f"must be at least 5 (got {self.n_hidden})")
+        check(self.n_examples in (1, 2), "n_examples", f"must be 1 or 2 (got {self.n_examples})")
+        check(
+            0.0 < self.heldout_fraction < 0.5,
+            "heldout_fraction",
+            f"must be in (0, 0.5) (got {self.heldout_fraction})",
+        )
 
 
 @dataclass(frozen=True)

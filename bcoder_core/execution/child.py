@@ -3,12 +3,16 @@
 It reports on a private channel (a pipe at a descriptor number only the worker and this harness know),
 never on stdout, one JSON object per line, each carrying the job's nonce:
 
-* stdin programs (one process per test): ``{"k": "exit", "s": "ok"|"error", "e": "Type: message"}``.
-  stdout itself is captured by the worker and compared in the parent.
-* call-based programs (one process for all tests): ``{"k": "loaded"}``, then per test
-  ``{"k": "test", "i": i, "s": "ok", "v": "<the returned value as JSON>"}`` or ``"s": "error"``, then
-  ``{"k": "done"}``. The value is compared in the parent, against expected outputs this process never had.
-* assert-based programs: ``loaded``, per assertion ``"s": "ok" | "fail" | "error"``, ``done``.
+* stdin programs (one process per test): ``{"kind": "exit", "status": "ok"|"error", "error": "Type:
+  message"}``. stdout itself is captured by the worker and compared in the parent.
+* call-based programs (one process for all tests): ``{"kind": "loaded"}``, then per test
+  ``{"kind": "test", "index": i, "status": "ok", "value": "<the returned value as JSON>"}`` or
+  ``"status": "error"``, then ``{"kind": "done"}``. The value is compared in the parent, against
+  expected outputs this process never had.
+* assert-based programs: ``loaded``, per assertion ``"status": "ok" | "fail" | "error"``, ``done``.
+
+The format is :mod:`bcoder_core.execution.protocol`'s (``channel_line``); the worker reads it back with
+:func:`bcoder_core.execution.replay.replay_channel`.
 
 Semantics (DESIGN §4): stdin programs run as ``__main__`` scripts in a fresh module; ``exit()`` /
 ``sys.exit(0)`` / ``sys.exit()`` end the program normally, another exit code is a runtime error;
@@ -26,6 +30,8 @@ import numbers
 import os
 import sys
 import types
+
+from bcoder_core.execution.protocol import RunJob, channel_line
 
 # Imports the APPS harness puts before every program (and LeetCode/Codewars environments provide):
 # used for call-based programs always, and for stdin programs in the ``apps`` comparison mode.
@@ -106,10 +112,8 @@ class _Channel:
         self._fd = fd
         self._nonce = nonce
 
-    def send(self, **msg) -> None:
-        msg["n"] = self._nonce
-        data = (json.dumps(msg) + "\n").encode()
-        view = memoryview(data)
+    def send(self, kind: str, **fields) -> None:
+        view = memoryview(channel_line(self._nonce, kind, **fields))
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
@@ -168,9 +172,9 @@ def _exit_status(exc: SystemExit) -> tuple[bool, str]:
     return False, f"SystemExit: {str(code)[:200]}"
 
 
-def run_stdin(job: dict, code, prelude, chan_fd: int) -> None:
+def run_stdin(nonce: str, code, prelude, chan_fd: int) -> None:
     """One test of a stdin program: run it as ``__main__``. Never returns."""
-    chan = _Channel(chan_fd, job["nonce"])
+    chan = _Channel(chan_fd, nonce)
     status, err = "ok", ""
     try:
         _setup_stdio()
@@ -199,12 +203,12 @@ def run_stdin(job: dict, code, prelude, chan_fd: int) -> None:
         except BaseException as exc:
             if status == "ok":
                 status, err = "error", _describe(exc)
-        chan.send(k="exit", s=status, e=err)
+        chan.send("exit", status=status, error=err)
     finally:
         os._exit(0 if status == "ok" else 1)
 
 
-def _load(job: dict, code, prelude, chan: _Channel, name: str):
+def _load(code, prelude, name: str):
     mod = _fresh_module(name, os.getcwd())
     if prelude is not None:
         exec(prelude, mod.__dict__)
@@ -212,14 +216,14 @@ def _load(job: dict, code, prelude, chan: _Channel, name: str):
     return mod
 
 
-def run_call(job: dict, code, prelude, chan_fd: int) -> None:
+def run_call(job: RunJob, nonce: str, code, prelude, chan_fd: int) -> None:
     """All tests of a call-based program in one process. Never returns."""
-    chan = _Channel(chan_fd, job["nonce"])
+    chan = _Channel(chan_fd, nonce)
     try:
         _setup_stdio()
-        fn_name = job["fn_name"]
+        fn_name = job.fn_name
         try:
-            mod = _load(job, code, prelude, chan, "solution")
+            mod = _load(code, prelude, "solution")
             ns = mod.__dict__
             fn = None
             sol = ns.get("Solution")
@@ -228,14 +232,14 @@ def run_call(job: dict, code, prelude, chan_fd: int) -> None:
             if fn is None:
                 fn = ns.get(fn_name)
             if fn is None or not callable(fn):
-                chan.send(k="load_error", e=f"NameError: the program defines no function {fn_name!r}")
+                chan.send("load_error", error=f"NameError: the program defines no function {fn_name!r}")
                 return
         except BaseException as exc:
-            chan.send(k="load_error", e=_describe(exc))
+            chan.send("load_error", error=_describe(exc))
             return
-        chan.send(k="loaded")
-        cap = job["max_output"]
-        for i, args in enumerate(job["inputs"]):
+        chan.send("loaded")
+        cap = job.max_output
+        for i, args in enumerate(job.inputs or []):
             try:
                 out = fn(*args) if isinstance(args, list) else fn(args)
                 try:
@@ -243,42 +247,42 @@ def run_call(job: dict, code, prelude, chan_fd: int) -> None:
                 except (Unrepresentable, RecursionError, ValueError) as exc:
                     text = json.dumps({"__bcoder_unrepresentable__": str(exc)[:100]})
                 if len(text) > cap:
-                    chan.send(k="test", i=i, s="overflow")
+                    chan.send("test", index=i, status="overflow")
                 else:
-                    chan.send(k="test", i=i, s="ok", v=text)
+                    chan.send("test", index=i, status="ok", value=text)
             except BaseException as exc:
-                chan.send(k="test", i=i, s="error", e=_describe(exc))
-        chan.send(k="done")
+                chan.send("test", index=i, status="error", error=_describe(exc))
+        chan.send("done")
     finally:
         os._exit(0)
 
 
-def run_assert(job: dict, code, prelude, chan_fd: int, setup_code, assert_codes: list) -> None:
+def run_assert(nonce: str, code, prelude, chan_fd: int, setup_code, assert_codes: list) -> None:
     """Program, then setup, then each assertion in the same namespace. Never returns."""
-    chan = _Channel(chan_fd, job["nonce"])
+    chan = _Channel(chan_fd, nonce)
     try:
         _setup_stdio()
         try:
-            mod = _load(job, code, prelude, chan, "solution")
+            mod = _load(code, prelude, "solution")
         except BaseException as exc:
-            chan.send(k="load_error", e=_describe(exc))
+            chan.send("load_error", error=_describe(exc))
             return
         ns = mod.__dict__
         if setup_code is not None:
             try:
                 exec(setup_code, ns)
             except BaseException as exc:
-                chan.send(k="load_error", e="test setup: " + _describe(exc))
+                chan.send("load_error", error="test setup: " + _describe(exc))
                 return
-        chan.send(k="loaded")
+        chan.send("loaded")
         for i, snippet in enumerate(assert_codes):
             try:
                 exec(snippet, ns)
-                chan.send(k="test", i=i, s="ok")
+                chan.send("test", index=i, status="ok")
             except AssertionError as exc:
-                chan.send(k="test", i=i, s="fail", e=_describe(exc))
+                chan.send("test", index=i, status="fail", error=_describe(exc))
             except BaseException as exc:
-                chan.send(k="test", i=i, s="error", e=_describe(exc))
-        chan.send(k="done")
+                chan.send("test", index=i, status="error", error=_describe(exc))
+        chan.send("done")
     finally:
         os._exit(0)

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 FLOAT_TOL = 1e-6
-COMPARE_MODES = ("strict", "apps")
 
 
 # ----------------------------------------------------------------------------------------------- strict
@@ -207,18 +208,49 @@ def apps_value_equal(output: Any, expected: Any) -> bool:
     return bool(isinstance(expected, list) and expected and output == expected[0])
 
 
-# --------------------------------------------------------------------------------------------- dispatch
+# --------------------------------------------------------------------------------------------- registry
 
 
-def stdout_equal(output: str, expected: Any, mode: str = "strict") -> bool:
-    if mode == "apps":
-        return apps_stdout_equal(output, expected)
+@dataclass(frozen=True)
+class CompareMode:
+    """A comparison mode, registered under ``name`` in :data:`COMPARE_MODES`."""
+
+    name: str
+    stdout_equal: Callable[[str, Any], bool]
+    """A stdin program's output against a test's expected output (a string or a list of lines)."""
+    value_equal: Callable[[Any, Any], bool]
+    """A call-based program's returned value (as JSON) against the expected one."""
+    call_inputs: Callable[[list], list] = list
+    """How a call-based test's argument list is transformed before the call."""
+    apps_environment: bool = False
+    """Programs run in the APPS harness's environment: its prelude, numpy included, also for stdin
+    programs (the worker then preloads numpy, which makes every fork slower)."""
+
+
+COMPARE_MODES: dict[str, CompareMode] = {}
+"""Every comparison mode by name: ``ExecutionConfig.compare`` and ``--compare`` accept exactly these."""
+
+
+def register_compare_mode(mode: CompareMode) -> CompareMode:
+    COMPARE_MODES[mode.name] = mode
+    return mode
+
+
+def _strict_stdout(output: str, expected: Any) -> bool:
     if isinstance(expected, list):
         expected = "\n".join(str(x) for x in expected)
     return strict_stdout_equal(output, str(expected))
 
 
+register_compare_mode(CompareMode("strict", _strict_stdout, strict_value_equal))
+register_compare_mode(
+    CompareMode("apps", apps_stdout_equal, apps_value_equal, apps_call_inputs, apps_environment=True)
+)
+
+
+def stdout_equal(output: str, expected: Any, mode: str = "strict") -> bool:
+    return COMPARE_MODES[mode].stdout_equal(output, expected)
+
+
 def value_equal(output: Any, expected: Any, mode: str = "strict") -> bool:
-    if mode == "apps":
-        return apps_value_equal(output, expected)
-    return strict_value_equal(output, expected)
+    return COMPARE_MODES[mode].value_equal(output, expected)

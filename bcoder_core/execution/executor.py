@@ -1,128 +1,35 @@
-"""Public API of the executor: :func:`execute_samples`, :class:`ExecutionConfig`, verdicts and rewards.
+"""The executor: a pool of sandboxed workers that runs samples; :func:`execute_samples`, :class:`Executor`.
 
 A pool of worker processes (``worker.py``; each a pre-imported zygote inside the chosen boundary,
 see ``sandbox.py``) runs programs; this process keeps the problems, the expected outputs and the
-results, and decides every verdict from what the workers report. Worker output is JSON only (never
-pickle), so even a compromised sandbox cannot run code here.
-
-Verdicts, by precedence (the first that applies):
-
-1. ``compile_error`` — the program does not compile (``compile()`` in the worker, before anything runs).
-2. ``timeout`` — a test (or loading the program) exceeded the per-test wall limit, the per-program
-   limit was reached, or the CPU-seconds limit killed it. Tests after a time-out are not run.
-3. ``runtime_error`` — loading the program raised or ended the process, a test raised (anything but
-   an ``AssertionError`` of an assert-based test), exited with a non-zero status or a signal, or the
-   harness channel was corrupted.
-4. ``failed`` — every test ran, at least one gave a wrong answer (a failed assertion, a wrong output,
-   or an output larger than ``max_output_bytes``).
-5. ``passed`` — every test passed (also when the test set is empty: then only compilation is checked).
-
-``tests_passed`` counts the tests that passed, whatever the verdict; ``tests_total`` is the number of
-tests of the chosen set (hidden or example). ``duration_s`` is the wall time the worker spent on the
-program. A crash of the framework (a worker dies, the protocol breaks) raises :class:`ExecutionError`;
-it is never written down as a program's verdict.
+results, and decides every verdict (``judge.py``) from what the workers report (``protocol.py``).
+Worker output is JSON only (never pickle), so even a compromised sandbox cannot run code here.
+A crash of the framework (a worker dies, the protocol breaks) raises :class:`ExecutionError`; it is
+never written down as a program's verdict.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
 import select
-import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from bcoder_core.errors import BcoderError
-from bcoder_core.execution import compare, sandbox
-from bcoder_core.execution.child import APPS_PRELUDE, APPS_PRELUDE_NUMPY
+from bcoder_core.execution import protocol, sandbox
+from bcoder_core.execution.compare import COMPARE_MODES
+from bcoder_core.execution.config import ExecutionConfig
+from bcoder_core.execution.judge import build_job, judge
+from bcoder_core.execution.protocol import ExecutionError
 
 log = logging.getLogger(__name__)
-
-REWARDS: dict[str, float] = {
-    "passed": 1.0,
-    "failed": -0.3,
-    "runtime_error": -0.6,
-    "timeout": -0.6,
-    "compile_error": -1.0,
-}
-VERDICTS: tuple[str, ...] = tuple(REWARDS)
-RESULT_KEYS = (
-    "problem_id",
-    "sample_id",
-    "verdict",
-    "reward",
-    "tests_passed",
-    "tests_total",
-    "duration_s",
-    "detail",
-)
-DETAIL_MAX = 200
-
-
-class ExecutionError(RuntimeError):
-    """The execution framework itself failed (not the program): the run must stop, loudly."""
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    """How programs are executed."""
-
-    timeout_s: float = 4.0
-    """Wall-clock limit per test (and for loading the program)."""
-    memory_mb: int = 1024
-    """Address space a program may use beyond the worker's own size (RLIMIT_AS)."""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Worker processes running programs in parallel."""
-    sandbox: Literal["process", "bwrap", "gvisor"] = "process"
-    """Boundary around the workers: none, bubblewrap, or gVisor (``runsc do``)."""
-    compare: Literal["strict", "apps"] = "strict"
-    """Output comparison: strict (DESIGN §4) or the original APPS harness's lenient cascade."""
-    tests: Literal["hidden", "example"] = "hidden"
-    """Which tests of each problem to run."""
-    max_output_bytes: int = 4 * 1024 * 1024
-    """Output (stdout of a test, or a returned value as JSON) beyond this is a failed test."""
-    program_timeout_s: float = 60.0
-    """Wall-clock limit for all tests of one program together."""
-    max_processes: int = 64
-    """RLIMIT_NPROC of a program's user (its processes and threads)."""
-    max_file_mb: int = 64
-    """RLIMIT_FSIZE: the largest file a program may write."""
-    max_open_files: int = 256
-    """RLIMIT_NOFILE."""
-    uid_base: int = 900_000
-    """First of the unprivileged user ids given to worker slots (when running as root)."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.timeout_s > 0, "timeout_s must be > 0"),
-            (self.program_timeout_s > 0, "program_timeout_s must be > 0"),
-            (self.memory_mb > 0, "memory_mb must be > 0"),
-            (self.workers >= 1, "workers must be >= 1"),
-            (self.sandbox in sandbox.SANDBOXES, f"sandbox must be one of {', '.join(sandbox.SANDBOXES)}"),
-            (
-                self.compare in compare.COMPARE_MODES,
-                f"compare must be one of {', '.join(compare.COMPARE_MODES)}",
-            ),
-            (self.tests in ("hidden", "example"), "tests must be 'hidden' or 'example'"),
-            (self.max_output_bytes > 0, "max_output_bytes must be > 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise BcoderError(f"execution config: {msg}")
-
-
-def _short(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 1] + "…"
-
 
 # ------------------------------------------------------------------------------------ uid allocation
 
@@ -162,18 +69,19 @@ class _UidLease:
 
 
 class _WorkerProcess:
+    """One worker: its process, and this side of the protocol (with a watchdog on every read)."""
+
     def __init__(self, config: ExecutionConfig, uid: int | None):
-        wconf = {
-            "uid": uid,
-            "memory_mb": config.memory_mb,
-            "nproc": config.max_processes,
-            "fsize_mb": config.max_file_mb,
-            "nofile": config.max_open_files,
-            "preload_numpy": config.compare == "apps",
-            # runsc do puts a copy-on-write overlay over the host's files: nothing written reaches the host.
-            "fs_overlay": config.sandbox == "gvisor",
-        }
-        self.cmd = sandbox.worker_command(config.sandbox, [json.dumps(wconf)])
+        settings = protocol.WorkerSettings(
+            uid=uid,
+            memory_mb=config.memory_mb,
+            max_processes=config.max_processes,
+            max_file_mb=config.max_file_mb,
+            max_open_files=config.max_open_files,
+            preload_numpy=COMPARE_MODES[config.compare].apps_environment,
+            fs_overlay=sandbox.SANDBOXES[config.sandbox].fs_overlay,
+        )
+        self.cmd = sandbox.worker_command(config.sandbox, [settings.to_json()])
         self.proc = subprocess.Popen(
             self.cmd,
             stdin=subprocess.PIPE,
@@ -184,8 +92,8 @@ class _WorkerProcess:
             cwd="/",
         )
         self.rfd = self.proc.stdout.fileno()
-        self.wfd = self.proc.stdin.fileno()
         self.isolation: dict = {}
+        self._deadline = 0.0
 
     def wait_hello(self) -> None:
         try:
@@ -194,14 +102,13 @@ class _WorkerProcess:
             raise ExecutionError(
                 f"cannot start an execution worker ({' '.join(self.cmd[:2])} …): {exc}"
             ) from None
-        if hello.get("k") != "hello":
-            raise ExecutionError(f"worker sent {hello.get('k')!r} instead of hello")
-        self.isolation = hello.get("isolation", {})
+        if not isinstance(hello, protocol.Hello):
+            raise ExecutionError(f"worker sent {hello.TYPE!r} instead of hello")
+        self.isolation = hello.isolation
 
-    def send(self, msg: dict) -> None:
-        data = json.dumps(msg).encode()
+    def send(self, msg: protocol.Message) -> None:
         try:
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.write(protocol.encode_frame(msg))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise ExecutionError(f"execution worker died ({self._status()}): {exc}") from None
@@ -210,10 +117,10 @@ class _WorkerProcess:
         rc = self.proc.poll()
         return "still running" if rc is None else f"exit status {rc}"
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
+    def _read_exact(self, n: int) -> bytes:
         chunks, got = [], 0
         while got < n:
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise ExecutionError("execution worker stopped answering (watchdog)")
             r, _, _ = select.select([self.rfd], [], [], remaining)
@@ -230,22 +137,19 @@ class _WorkerProcess:
             got += len(b)
         return b"".join(chunks)
 
-    def recv(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        (n,) = struct.unpack(">I", self._read_exact(4, deadline))
-        if n > 1 << 30:
-            raise ExecutionError("execution worker sent an oversized frame")
+    def recv(self, timeout: float) -> protocol.Message:
+        self._deadline = time.monotonic() + timeout
         try:
-            msg = json.loads(self._read_exact(n, deadline))
-        except ValueError as exc:
-            raise ExecutionError(f"execution worker sent invalid JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise ExecutionError("execution worker sent a non-object frame")
+            msg = protocol.read_frame(self._read_exact)
+        except protocol.ProtocolError as exc:
+            raise ExecutionError(f"execution worker broke the protocol: {exc}") from None
+        if msg is None:  # pragma: no cover - _read_exact raises at the end of the stream
+            raise ExecutionError("execution worker closed its output")
         return msg
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.send({"op": "exit"})
+            self.send(protocol.Shutdown())
         with contextlib.suppress(Exception):
             self.proc.stdin.close()
         try:
@@ -257,139 +161,6 @@ class _WorkerProcess:
             self.proc.wait()
         with contextlib.suppress(Exception):
             self.proc.stdout.close()
-
-
-# ----------------------------------------------------------------------------------------- jobs
-
-
-def _tests_of(problem, which: str) -> dict:
-    tests = problem.tests if which == "hidden" else problem.example_tests
-    return tests or {}
-
-
-def build_job(problem, code: str, config: ExecutionConfig) -> tuple[dict, list]:
-    """The message for the worker and the expected outputs kept here (the worker never gets them)."""
-    tests = _tests_of(problem, config.tests)
-    job: dict[str, Any] = {
-        "op": "run",
-        "format": problem.format,
-        "code": code,
-        "timeout_s": float(config.timeout_s),
-        "program_timeout_s": float(config.program_timeout_s),
-        "max_output": int(config.max_output_bytes),
-        "prelude": None,
-    }
-    expected: list = []
-    if problem.format == "stdin":
-        job["inputs"] = [
-            "\n".join(map(str, x)) if isinstance(x, list) else str(x) for x in tests.get("inputs", [])
-        ]
-        expected = list(tests.get("outputs", []))
-        if config.compare == "apps":
-            job["prelude"] = APPS_PRELUDE_NUMPY
-    elif problem.format == "call":
-        inputs = list(tests.get("inputs", []))
-        if config.compare == "apps":
-            inputs = [compare.apps_call_inputs(x) if isinstance(x, list) else x for x in inputs]
-        job["inputs"] = inputs
-        job["fn_name"] = problem.fn_name
-        job["prelude"] = APPS_PRELUDE_NUMPY if config.compare == "apps" else APPS_PRELUDE
-        expected = list(tests.get("outputs", []))
-    elif problem.format == "assert":
-        job["asserts"] = list(tests.get("asserts", []))
-        job["setup"] = tests.get("setup") or ""
-        expected = [None] * len(job["asserts"])
-    else:  # pragma: no cover - Problem validates its format
-        raise BcoderError(f"problem {problem.id!r}: unknown format {problem.format!r}")
-    return job, expected
-
-
-def _judge(
-    problem, sample: dict, job: dict, expected: list, msgs: list[dict], end: dict, config: ExecutionConfig
-) -> dict:
-    total = len(expected)
-    result = {
-        "problem_id": sample["problem_id"],
-        "sample_id": sample["sample_id"],
-        "verdict": "passed",
-        "reward": 0.0,
-        "tests_passed": 0,
-        "tests_total": total,
-        "duration_s": round(float(end.get("seconds", 0.0)), 4),
-        "detail": "",
-    }
-
-    def done(verdict: str, detail: str) -> dict:
-        result["verdict"] = verdict
-        result["reward"] = REWARDS[verdict]
-        result["detail"] = _short(detail)
-        return result
-
-    if end.get("compile_error"):
-        return done("compile_error", end["compile_error"])
-    load_error = end.get("load_error")
-    if load_error:
-        if load_error == "timeout":
-            return done("timeout", f"loading the program exceeded the time limit of {config.timeout_s:g} s")
-        return done("runtime_error", f"loading the program: {load_error}")
-    passed = 0
-    first_wrong = first_error = first_timeout = None
-    seen = set()
-    for m in msgs:
-        i = m.get("i")
-        if not isinstance(i, int) or not 0 <= i < total or i in seen:
-            raise ExecutionError(f"worker reported an unexpected test index {i!r}")
-        seen.add(i)
-        status = m.get("status")
-        if status == "ok":
-            if problem.format == "stdin":
-                ok = compare.stdout_equal(m.get("stdout", ""), expected[i], config.compare)
-            elif problem.format == "call":
-                try:
-                    value = json.loads(m.get("value", "null"))
-                except (ValueError, RecursionError):
-                    value = {"__bcoder_unrepresentable__": "invalid JSON"}
-                ok = compare.value_equal(value, expected[i], config.compare)
-            else:
-                ok = True
-            if ok:
-                passed += 1
-            elif first_wrong is None:
-                first_wrong = f"test {i}: wrong answer"
-        elif status == "fail":
-            if first_wrong is None:
-                err = m.get("error", "")
-                first_wrong = f"test {i}: assertion failed" + (
-                    f" ({err})" if err and err != "AssertionError" else ""
-                )
-        elif status == "overflow":
-            if first_wrong is None:
-                first_wrong = f"test {i}: output exceeds {config.max_output_bytes} bytes"
-        elif status == "timeout":
-            if first_timeout is None:
-                first_timeout = f"test {i}: exceeded the time limit of {config.timeout_s:g} s"
-        elif status == "error":
-            if first_error is None:
-                first_error = f"test {i}: {m.get('error') or 'runtime error'}"
-        else:
-            raise ExecutionError(f"worker reported an unknown test status {status!r}")
-    result["tests_passed"] = passed
-    aborted = end.get("aborted")
-    if aborted == "program_timeout" or (aborted and aborted.startswith("program time limit")):
-        return done("timeout", f"program exceeded its total time limit of {config.program_timeout_s:g} s")
-    if first_timeout:
-        return done("timeout", first_timeout)
-    if aborted == "timeout":
-        return done("timeout", f"exceeded the time limit of {config.timeout_s:g} s")
-    if first_error:
-        return done("runtime_error", first_error)
-    if aborted:
-        return done("runtime_error", aborted if aborted != "error" else "the program ended the process")
-    if len(seen) < total:
-        return done("runtime_error", f"only {len(seen)} of {total} tests ran")
-    if first_wrong:
-        return done("failed", first_wrong)
-    return done("passed", "" if total else "no tests: compiled only")
 
 
 # ------------------------------------------------------------------------------------------- pool
@@ -465,21 +236,20 @@ class Executor:
 
     def run_one(self, worker: _WorkerProcess, problem, sample: dict) -> dict:
         job, expected = build_job(problem, sample["code"], self.config)
-        job["id"] = 1
         worker.send(job)
         watchdog = self.config.program_timeout_s + self.config.timeout_s + 60.0
-        msgs: list[dict] = []
+        reports: list[protocol.TestReport] = []
         while True:
-            m = worker.recv(timeout=watchdog)
-            if m.get("k") == "test":
-                msgs.append(m)
-            elif m.get("k") == "end":
+            msg = worker.recv(timeout=watchdog)
+            if isinstance(msg, protocol.TestReport):
+                reports.append(msg)
+            elif isinstance(msg, protocol.JobEnd) and msg.job_id == job.job_id:
                 break
             else:
-                raise ExecutionError(f"worker sent an unexpected message {m.get('k')!r}")
-        result = _judge(problem, sample, job, expected, msgs, m, self.config)
-        _record_telemetry(result["verdict"], result["duration_s"])
-        return result
+                raise ExecutionError(f"worker sent an unexpected {msg.TYPE!r} message")
+        result = judge(problem, sample, expected, reports, msg, self.config)
+        _record_telemetry(result.verdict, result.duration_s)
+        return result.as_dict()
 
     def run(
         self,
@@ -594,7 +364,3 @@ def execute_samples(
         yield from executor.run(problems, samples, progress)
     finally:
         executor.close()
-
-
-def config_dict(config: ExecutionConfig) -> dict:
-    return asdict(config)

@@ -51,9 +51,9 @@ import resource
 import shutil
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-SANDBOXES = ("process", "bwrap", "gvisor")
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -206,23 +206,49 @@ def gvisor_args() -> list[str]:
     return [*args, *extra, "do"]
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """A kind of boundary around the workers, registered under ``name`` in :data:`SANDBOXES`."""
+
+    name: str
+    prefix: Callable[[], list[str]] | None
+    """The command line the worker's command is appended to; None: the worker runs directly."""
+    binary: str | None = None
+    """An executable that must be on PATH, with the package it comes from."""
+    package: str = ""
+    fs_overlay: bool = False
+    """Nothing the worker writes reaches the host's files (the worker may then open directories up)."""
+
+
+SANDBOXES: dict[str, Boundary] = {}
+"""Every boundary by name: ``ExecutionConfig.sandbox`` and ``--sandbox`` accept exactly these."""
+
+
+def register_sandbox(boundary: Boundary) -> Boundary:
+    SANDBOXES[boundary.name] = boundary
+    return boundary
+
+
+register_sandbox(Boundary("process", None))
+register_sandbox(Boundary("bwrap", bwrap_args, binary="bwrap", package="bubblewrap"))
+# runsc do puts a copy-on-write overlay over the host's files: nothing written reaches the host.
+register_sandbox(Boundary("gvisor", gvisor_args, binary="runsc", package="gVisor", fs_overlay=True))
+
+
 def worker_command(sandbox: str, worker_args: list[str]) -> list[str]:
     """The command line that starts one worker inside the chosen boundary."""
     from bcoder_core.errors import BcoderError
 
+    boundary = SANDBOXES.get(sandbox)
+    if boundary is None:
+        raise BcoderError(f"unknown sandbox {sandbox!r} (choose one of {', '.join(SANDBOXES)})")
+    if boundary.binary and not shutil.which(boundary.binary):
+        raise BcoderError(
+            f"--sandbox {sandbox}: the {boundary.binary} ({boundary.package}) binary is not on PATH"
+        )
     # The environment (worker_env) carries PYTHONPATH to this package and nothing else.
     py = [sys.executable, "-m", "bcoder_core.execution.worker", *worker_args]
-    if sandbox == "process":
-        return py
-    if sandbox == "bwrap":
-        if not shutil.which("bwrap"):
-            raise BcoderError("--sandbox bwrap: the bwrap (bubblewrap) binary is not on PATH")
-        return [*bwrap_args(), *py]
-    if sandbox == "gvisor":
-        if not shutil.which("runsc"):
-            raise BcoderError("--sandbox gvisor: the runsc (gVisor) binary is not on PATH")
-        return [*gvisor_args(), *py]
-    raise BcoderError(f"unknown sandbox {sandbox!r} (choose one of {', '.join(SANDBOXES)})")
+    return [*boundary.prefix(), *py] if boundary.prefix else py
 
 
 # ------------------------------------------------------------------------------------ worker set-up

@@ -1,31 +1,26 @@
 """The execution worker: a pre-imported zygote that forks one isolated child per program (per test for
 stdin programs), enforces time and output limits, and streams raw outcomes to the parent.
 
-Started by the executor as ``python -m bcoder_core.execution.worker CONFIG_JSON``, possibly inside
-bubblewrap or gVisor. Protocol on its stdin/stdout (moved to private descriptors at start; the
-standard descriptors become /dev/null and stderr): frames of a 4-byte big-endian length and a JSON
-object. The worker never sees expected outputs: it sends what programs printed or returned, and the
-parent compares.
-
-Parent -> worker: ``{"op": "run", "id", "format", "code", "inputs" | "asserts"+"setup", "fn_name",
-"timeout_s", "program_timeout_s", "max_output", "prelude"}`` or ``{"op": "exit"}``.
-
-Worker -> parent, per job: zero or more ``{"k": "test", "i", "status", "stdout" | "value", "error",
-"seconds"}`` then one ``{"k": "end", "id", "compile_error", "load_error", "aborted", "seconds"}``.
-``status`` is ``ok`` / ``fail`` (assertion) / ``error`` / ``timeout`` / ``overflow``.
+Started by the executor as ``python -m bcoder_core.execution.worker SETTINGS_JSON``
+(:class:`~protocol.WorkerSettings`), possibly inside bubblewrap or gVisor. It speaks
+:mod:`bcoder_core.execution.protocol` on its stdin/stdout (moved to private descriptors at start; the
+standard descriptors become /dev/null and stderr): it gets :class:`~protocol.RunJob` messages and
+answers each with :class:`~protocol.TestReport` messages and one :class:`~protocol.JobEnd`. The
+worker never sees expected outputs: it sends what programs printed or returned, and the parent compares.
+What a child did is worked out from what it wrote by :mod:`bcoder_core.execution.replay`.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
-import json
 import os
 import select
 import signal
-import struct
 import sys
 import time
+
+from bcoder_core.execution import child, protocol, replay, sandbox
 
 # Modules programs commonly import, loaded once here so that children get them for free.
 _PRELOAD = [
@@ -61,19 +56,48 @@ _PRELOAD = [
     "unicodedata",
 ]
 
-SIG_NAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
-TIMEOUT_SIGNALS = {signal.SIGXCPU}
+
+class _Stream:
+    """What one of a child's output pipes delivered, up to ``cap`` bytes (beyond it, ``over``)."""
+
+    def __init__(self, cap: int, *, fatal: bool = False, nonce: str | None = None):
+        self.cap = cap
+        self.fatal = fatal
+        """Overflowing it ends the program (its stdout)."""
+        self.data = bytearray()
+        self.size = 0
+        self.over = False
+        self.nonce = nonce
+        """Set for the harness channel: complete lines are parsed as they arrive, into ``lines``."""
+        self.lines: list[tuple[float, protocol.ChannelMessage | None]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self.over:
+            return
+        self.data += chunk
+        self.size += len(chunk)
+        self.over = self.size > self.cap
+        if self.nonce is not None:
+            cut = self.data.rfind(b"\n")
+            if cut >= 0:
+                now = time.monotonic()
+                complete, self.data = self.data[:cut], self.data[cut + 1 :]
+                self.lines += [
+                    (now, protocol.parse_channel_line(ln, self.nonce)) for ln in complete.split(b"\n")
+                ]
+
+    def close_lines(self) -> None:
+        """The last line, when the process ended before writing its newline."""
+        if self.nonce is not None and self.data:
+            self.lines.append((time.monotonic(), protocol.parse_channel_line(bytes(self.data), self.nonce)))
+            self.data.clear()
 
 
 class Worker:
-    def __init__(self, rfd: int, wfd: int, config: dict):
+    def __init__(self, rfd: int, wfd: int, settings: protocol.WorkerSettings):
         self.rfd, self.wfd = rfd, wfd
-        self.config = config
-        self.uid = config.get("uid")
-        self.memory_mb = int(config.get("memory_mb", 1024))
-        self.nproc = int(config.get("nproc", 64))
-        self.fsize = int(config.get("fsize_mb", 64)) * 1024 * 1024
-        self.nofile = int(config.get("nofile", 256))
+        self.settings = settings
+        self.uid = settings.uid
         self.isolation: dict = {}
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -82,50 +106,41 @@ class Worker:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
 
     # ------------------------------------------------------------------------------------ protocol
-    def recv(self) -> dict | None:
-        head = self._read_exact(4)
-        if head is None:
+    def recv(self) -> protocol.Message | None:
+        """The next message from the parent; None when it is gone or broke the protocol (then exit)."""
+        try:
+            return protocol.read_frame(self._read_exact)
+        except protocol.ProtocolError:
             return None
-        (n,) = struct.unpack(">I", head)
-        body = self._read_exact(n)
-        if body is None:
-            return None
-        return json.loads(body)
 
-    def _read_exact(self, n: int) -> bytes | None:
+    def _read_exact(self, n: int) -> bytes:
         chunks, got = [], 0
         while got < n:
             b = os.read(self.rfd, min(n - got, 1 << 20))
             if not b:
-                return None
+                break
             chunks.append(b)
             got += len(b)
         return b"".join(chunks)
 
-    def send(self, msg: dict) -> None:
-        data = json.dumps(msg).encode()
-        buf = memoryview(struct.pack(">I", len(data)) + data)
+    def send(self, msg: protocol.Message) -> None:
+        buf = memoryview(protocol.encode_frame(msg))
         while buf:
-            n = os.write(self.wfd, buf)
-            buf = buf[n:]
+            buf = buf[os.write(self.wfd, buf) :]
 
     # ------------------------------------------------------------------------------------ children
     def limits(self, program_timeout_s: float) -> dict:
-        from bcoder_core.execution import sandbox
-
         return {
-            "as_bytes": sandbox.vm_size_bytes() + self.memory_mb * 1024 * 1024,
+            "as_bytes": sandbox.vm_size_bytes() + self.settings.memory_mb * 1024 * 1024,
             "cpu_s": int(program_timeout_s) + 2,
-            "nproc": self.nproc,
-            "fsize_bytes": self.fsize,
-            "nofile": self.nofile,
+            "nproc": self.settings.max_processes,
+            "fsize_bytes": self.settings.max_file_mb * 1024 * 1024,
+            "nofile": self.settings.max_open_files,
         }
 
-    def spawn(self, job: dict, workdir: str, fds: dict[int, int], target, *args) -> int:
+    def spawn(self, job: protocol.RunJob, workdir: str, fds: dict[int, int], target, *args) -> int:
         """Fork an isolated child that calls ``target(*args)`` (which never returns)."""
-        from bcoder_core.execution import sandbox
-
-        limits = self.limits(job["program_timeout_s"])
+        limits = self.limits(job.program_timeout_s)
         env = dict(sandbox.SAFE_ENV)
         env["HOME"] = workdir
         env["TMPDIR"] = workdir
@@ -140,46 +155,32 @@ class Worker:
                 os._exit(70)
         return pid
 
-    def watch(self, pid: int, streams: dict[int, dict], deadline_fn, on_chan=None):
-        """Wait for ``pid`` while draining ``streams`` (fd -> {"buf", "cap", "over"}).
-
-        Returns (how, wait_status) where how is "exited", "timeout" or "overflow".
-        ``deadline_fn()`` gives the current absolute deadline (it may move as tests complete);
-        ``on_chan(fd)`` is called when new data arrives on a stream marked "chan".
-        """
+    def watch(self, pid: int, streams: dict[int, _Stream], deadline_fn) -> tuple[replay.Ending, int | None]:
+        """Wait for ``pid`` while draining ``streams`` (fd -> stream); returns how it ended and its
+        wait status. ``deadline_fn()`` gives the current absolute deadline (it moves as tests complete)."""
         poller = select.poll()
         for fd in streams:
             poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         poller.register(self.wake_r, select.POLLIN)
-        status = None
-        how = "exited"
         open_fds = set(streams)
         while True:
-            if status is None:
-                try:
-                    wpid, st = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    wpid, st = pid, 0
-                if wpid == pid:
-                    status = st
-            if status is not None:
-                break
+            try:
+                wpid, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                wpid, status = pid, 0
+            if wpid == pid:
+                return "exited", status
             remaining = deadline_fn() - time.monotonic()
             if remaining <= 0:
-                how = "timeout"
-                break
-            events = poller.poll(min(remaining, 1.0) * 1000)
-            for fd, _ev in events:
+                return "timeout", None
+            for fd, _ev in poller.poll(min(remaining, 1.0) * 1000):
                 if fd == self.wake_r:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         while os.read(self.wake_r, 512):
                             pass
-                    except BlockingIOError:
-                        pass
                     continue
                 if fd not in open_fds:
                     continue
-                s = streams[fd]
                 try:
                     data = os.read(fd, 1 << 16)
                 except BlockingIOError:
@@ -188,24 +189,15 @@ class Worker:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                     continue
-                if s["over"]:
-                    continue
-                s["buf"].append(data)
-                s["size"] += len(data)
-                if s["size"] > s["cap"]:
-                    s["over"] = True
-                    if s.get("fatal"):
-                        how = "overflow"
-                if s.get("chan") and on_chan is not None:
-                    on_chan()
-            if how == "overflow":
-                break
-        return how, status
+                stream = streams[fd]
+                stream.feed(data)
+                if stream.over and stream.fatal:
+                    return "overflow", None
 
-    def finish(self, pid: int, streams: dict[int, dict], how: str, status):
+    def finish(
+        self, pid: int, streams: dict[int, _Stream], ending: replay.Ending, status: int | None
+    ) -> tuple[replay.Ending, int | None]:
         """Kill what is left of the program, reap it, and drain what it wrote before that."""
-        from bcoder_core.execution import sandbox
-
         if status is None:
             for kill in (os.killpg, os.kill):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -215,59 +207,48 @@ class Worker:
             except ChildProcessError:
                 status = None
         sandbox.kill_strays(pid, self.uid, subreaper=bool(self.isolation.get("subreaper")))
-        for fd, s in streams.items():
-            while not s["over"]:
+        for fd, stream in streams.items():
+            while not stream.over:
                 try:
                     data = os.read(fd, 1 << 16)
-                except (BlockingIOError, OSError):
+                except OSError:  # BlockingIOError included: nothing more buffered
                     break
                 if not data:
                     break
-                s["buf"].append(data)
-                s["size"] += len(data)
-                if s["size"] > s["cap"]:
-                    s["over"] = True
-                    if s.get("fatal") and how == "exited":
-                        how = "overflow"
+                stream.feed(data)
+            if stream.over and stream.fatal and ending == "exited":
+                ending = "overflow"
+            stream.close_lines()
             os.close(fd)
-        return how, status
-
-    @staticmethod
-    def describe_status(status) -> str:
-        if status is None:
-            return "did not exit"
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            return f"killed by signal {SIG_NAMES.get(sig, sig)}"
-        return f"exit status {os.WEXITSTATUS(status)}"
+        return ending, status
 
     # ---------------------------------------------------------------------------------------- jobs
-    def run_job(self, job: dict) -> None:
-        from bcoder_core.execution import sandbox
-
+    def run_job(self, job: protocol.RunJob) -> None:
         start = time.monotonic()
-        end = {"k": "end", "id": job["id"], "compile_error": None, "load_error": None, "aborted": None}
         try:
-            code = compile_program(job["code"], job["format"])
+            code = compile_program(job.code, job.format)
         except BaseException as exc:  # SyntaxError, ValueError (NUL bytes), MemoryError, RecursionError
-            end["compile_error"] = _compile_message(exc)
-            end["seconds"] = time.monotonic() - start
-            self.send(end)
+            self.send(
+                protocol.JobEnd(job.job_id, time.monotonic() - start, compile_error=_compile_message(exc))
+            )
             return
-        prelude = compile(job["prelude"], "prelude.py", "exec") if job.get("prelude") else None
-        job["nonce"] = os.urandom(16).hex()
+        prelude = compile(job.prelude, "prelude.py", "exec") if job.prelude else None
+        nonce = os.urandom(16).hex()
         workdir = sandbox.make_workdir(self.base_dir, self.uid)
         try:
-            fmt = job["format"]
-            if fmt == "stdin":
-                self.run_stdin(job, code, prelude, workdir, end, start)
+            if job.format == "stdin":
+                aborted, load_error = self.run_stdin(job, nonce, code, prelude, workdir, start), None
             else:
-                self.run_inproc(job, code, prelude, workdir, end, start)
+                outcome = self.run_inproc(job, nonce, code, prelude, workdir, start)
+                aborted, load_error = outcome.aborted, outcome.load_error
+                for report in outcome.tests:
+                    self.send(report)
         finally:
             sandbox.remove_workdir(workdir)
             self.wipe_private_tmp()
-        end["seconds"] = time.monotonic() - start
-        self.send(end)
+        self.send(
+            protocol.JobEnd(job.job_id, time.monotonic() - start, load_error=load_error, aborted=aborted)
+        )
 
     def wipe_private_tmp(self) -> None:
         """Empty the worker's private /tmp-like directories: nothing one program leaves reaches the next."""
@@ -290,23 +271,20 @@ class Worker:
                     pass
 
     def _chan_fd(self) -> int:
+        # A number the program cannot know in advance: it has to search for the channel to forge on it.
         return 200 + int.from_bytes(os.urandom(2), "big") % 700
 
-    def run_stdin(self, job, code, prelude, workdir, end, start) -> None:
-        from bcoder_core.execution import child
-
-        program_deadline = start + job["program_timeout_s"]
-        cap = job["max_output"]
-        for i, text in enumerate(job["inputs"]):
+    def run_stdin(
+        self, job: protocol.RunJob, nonce: str, code, prelude, workdir: str, start: float
+    ) -> str | None:
+        """One process per test, each report sent as it completes; returns why the rest did not run."""
+        program_deadline = start + job.program_timeout_s
+        for i, text in enumerate(job.inputs or []):
             if time.monotonic() >= program_deadline:
-                end["aborted"] = (
-                    f"program time limit of {job['program_timeout_s']:g} s reached before test {i}"
-                )
-                return
+                return f"program time limit of {job.program_timeout_s:g} s reached before test {i}"
             t0 = time.monotonic()
-            data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
             in_fd = os.memfd_create("stdin", 0)
-            view = memoryview(data)
+            view = memoryview(str(text).encode("utf-8", "surrogateescape"))
             while view:
                 view = view[os.write(in_fd, view) :]
             os.lseek(in_fd, 0, os.SEEK_SET)
@@ -314,200 +292,88 @@ class Worker:
             err_r, err_w = os.pipe()
             chan_r, chan_w = os.pipe()
             chan_fd = self._chan_fd()
-            pid = self.spawn(
-                job,
-                workdir,
-                {0: in_fd, 1: out_w, 2: err_w, chan_fd: chan_w},
-                child.run_stdin,
-                job,
-                code,
-                prelude,
-                chan_fd,
-            )
+            fds = {0: in_fd, 1: out_w, 2: err_w, chan_fd: chan_w}
+            pid = self.spawn(job, workdir, fds, child.run_stdin, nonce, code, prelude, chan_fd)
             for fd in (in_fd, out_w, err_w, chan_w):
                 os.close(fd)
             for fd in (out_r, err_r, chan_r):
                 os.set_blocking(fd, False)
-            streams = {
-                out_r: {"buf": [], "size": 0, "cap": cap, "over": False, "fatal": True},
-                err_r: {"buf": [], "size": 0, "cap": 4096, "over": False},
-                chan_r: {"buf": [], "size": 0, "cap": 4096, "over": False},
-            }
-            deadline = min(t0 + job["timeout_s"], program_deadline)
-            how, status = self.watch(pid, streams, lambda d=deadline: d)
-            how, status = self.finish(pid, streams, how, status)
-            msg = {"k": "test", "i": i, "seconds": round(time.monotonic() - t0, 6)}
-            if how == "timeout":
-                msg["status"] = "timeout"
-            elif how == "overflow":
-                msg["status"] = "overflow"
-            else:
-                report = _parse_chan(b"".join(streams[chan_r]["buf"]), job["nonce"])
-                exit_msg = next((m for m in report if m.get("k") == "exit"), None)
-                if os.WIFSIGNALED(status) and os.WTERMSIG(status) in TIMEOUT_SIGNALS:
-                    msg["status"] = "timeout"
-                elif exit_msg is not None and exit_msg.get("s") == "error":
-                    msg["status"], msg["error"] = "error", str(exit_msg.get("e", ""))[:300]
-                elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                    msg["status"] = "ok"
-                else:
-                    msg["status"] = "error"
-                    msg["error"] = _stderr_tail(streams[err_r]) or self.describe_status(status)
-                if msg["status"] == "ok":
-                    msg["stdout"] = b"".join(streams[out_r]["buf"]).decode("utf-8", "replace")
-            self.send(msg)
-            if msg["status"] == "timeout":
-                end["aborted"] = "program_timeout" if deadline >= program_deadline else "timeout"
-                return
+            out, err, chan = _Stream(job.max_output, fatal=True), _Stream(4096), _Stream(4096)
+            streams = {out_r: out, err_r: err, chan_r: chan}
+            deadline = min(t0 + job.timeout_s, program_deadline)
+            ending, status = self.finish(pid, streams, *self.watch(pid, streams, lambda d=deadline: d))
+            report = replay.stdin_test_report(
+                i,
+                ending=ending,
+                status=status,
+                channel=bytes(chan.data),
+                nonce=nonce,
+                stdout=bytes(out.data),
+                stderr=bytes(err.data),
+                seconds=time.monotonic() - t0,
+            )
+            self.send(report)
+            if report.status == "timeout":
+                return "program_timeout" if deadline >= program_deadline else "timeout"
+        return None
 
-    def run_inproc(self, job, code, prelude, workdir, end, start) -> None:
+    def run_inproc(
+        self, job: protocol.RunJob, nonce: str, code, prelude, workdir: str, start: float
+    ) -> replay.Replay:
         """call / assert: one child runs the program once and then every test, reporting as it goes."""
-        from bcoder_core.execution import child
-
-        fmt = job["format"]
-        n_tests = len(job["inputs"]) if fmt == "call" else len(job["asserts"])
-        args: tuple
-        if fmt == "assert":
-            setup = compile(job["setup"], "setup.py", "exec") if job.get("setup") else None
+        n_tests = len(job.inputs or []) if job.format == "call" else len(job.asserts or [])
+        chan_fd = self._chan_fd()
+        if job.format == "assert":
+            setup = compile(job.setup, "setup.py", "exec") if job.setup else None
             asserts = []
-            for k, a in enumerate(job["asserts"]):
+            for k, a in enumerate(job.asserts or []):
                 try:
                     asserts.append(compile(a, f"test_{k}.py", "exec"))
                 except BaseException as exc:
-                    end["load_error"] = f"test {k} does not compile: {_compile_message(exc)}"
-                    return
-            target, extra = child.run_assert, (setup, asserts)
+                    return replay.Replay(load_error=f"test {k} does not compile: {_compile_message(exc)}")
+            target, args = child.run_assert, (nonce, code, prelude, chan_fd, setup, asserts)
         else:
-            target, extra = child.run_call, ()
+            target, args = child.run_call, (job, nonce, code, prelude, chan_fd)
         chan_r, chan_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
-        chan_fd = self._chan_fd()
-        args = (job, code, prelude, chan_fd, *extra)
         t0 = time.monotonic()
         pid = self.spawn(job, workdir, {0: null, 1: null, 2: null, chan_fd: chan_w}, target, *args)
         os.close(chan_w)
         os.close(null)
         os.set_blocking(chan_r, False)
-        cap = job["max_output"] + 65536
-        chan = {"buf": [], "size": 0, "cap": cap * max(1, n_tests), "over": False, "chan": True}
-        streams = {chan_r: chan}
-        program_deadline = start + job["program_timeout_s"]
-        state = {
-            "deadline": min(t0 + job["timeout_s"], program_deadline),
-            "seen": 0,
-            "pending": b"",
-            "msgs": [],
-            "last": t0,
-        }
+        chan = _Stream((job.max_output + 65536) * max(1, n_tests), nonce=nonce)
+        program_deadline = start + job.program_timeout_s
 
-        def on_chan() -> None:
-            data = state["pending"] + b"".join(chan["buf"])
-            chan["buf"].clear()
-            *lines, state["pending"] = data.split(b"\n")
-            for line in lines:
-                m = _parse_line(line, job["nonce"])
-                if m is None:
-                    state["msgs"].append({"k": "corrupt"})
-                    continue
-                state["msgs"].append(m)
-                now = time.monotonic()
-                if m.get("k") in ("loaded", "test"):
-                    if m.get("k") == "test":
-                        m["seconds"] = round(now - state["last"], 6)
-                    state["last"] = now
-                    state["deadline"] = min(now + job["timeout_s"], program_deadline)
+        def deadline() -> float:
+            # Each test gets its own time limit, from the last loaded/test message on.
+            last = next((t for t, m in reversed(chan.lines) if m and m.kind in ("loaded", "test")), t0)
+            return min(last + job.timeout_s, program_deadline)
 
-        how, status = self.watch(pid, streams, lambda: state["deadline"], on_chan)
-        how, status = self.finish(pid, streams, how, status)
-        on_chan()
-        if state["pending"]:
-            on_chan_tail = _parse_line(state["pending"], job["nonce"])
-            state["msgs"].append(on_chan_tail or {"k": "corrupt"})
-        # Replay the messages in order, trusting only a well-formed sequence.
-        expected_i = 0
-        loaded = done = False
-        for m in state["msgs"]:
-            k = m.get("k")
-            if k == "corrupt":
-                end["load_error" if not loaded else "aborted"] = (
-                    "the program wrote garbage on the harness channel"
-                )
-                break
-            if k == "load_error" and not loaded:
-                end["load_error"] = str(m.get("e", ""))[:300]
-                break
-            if k == "loaded" and not loaded:
-                loaded = True
-                continue
-            if k == "test" and loaded and not done and m.get("i") == expected_i and expected_i < n_tests:
-                out = {"k": "test", "i": expected_i, "status": m.get("s"), "seconds": m.get("seconds", 0.0)}
-                if out["status"] not in ("ok", "fail", "error", "overflow"):
-                    end["aborted"] = "the program wrote garbage on the harness channel"
-                    break
-                if out["status"] == "ok" and fmt == "call":
-                    out["value"] = m.get("v")
-                    if not isinstance(out["value"], str):
-                        end["aborted"] = "the program wrote garbage on the harness channel"
-                        break
-                if m.get("e"):
-                    out["error"] = str(m["e"])[:300]
-                self.send(out)
-                expected_i += 1
-                continue
-            if k == "done" and loaded and expected_i == n_tests:
-                done = True
-                continue
-            end["aborted"] = "the program wrote garbage on the harness channel"
-            break
-        if end["load_error"] or end["aborted"]:
-            return
-        if how == "timeout":
-            if time.monotonic() >= program_deadline:
-                end["aborted"] = "program_timeout"
-            if not loaded:
-                end["load_error"] = "timeout"
-            else:
-                self.send(
-                    {
-                        "k": "test",
-                        "i": expected_i,
-                        "status": "timeout",
-                        "seconds": round(time.monotonic() - state["last"], 6),
-                    }
-                )
-                end["aborted"] = "timeout"
-            return
-        if not done:
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) in TIMEOUT_SIGNALS:
-                if loaded and expected_i < n_tests:
-                    self.send({"k": "test", "i": expected_i, "status": "timeout", "seconds": 0.0})
-                end["aborted"] = "timeout"
-                return
-            why = f"the program ended the process ({self.describe_status(status)})"
-            if not loaded:
-                end["load_error"] = why
-            elif expected_i < n_tests:
-                self.send({"k": "test", "i": expected_i, "status": "error", "error": why, "seconds": 0.0})
-                end["aborted"] = "error"
-            else:
-                end["aborted"] = why
+        ending, status = self.finish(pid, {chan_r: chan}, *self.watch(pid, {chan_r: chan}, deadline))
+        return replay.replay_channel(
+            chan.lines,
+            n_tests=n_tests,
+            returns_value=job.format == "call",
+            started=t0,
+            ending=ending,
+            status=status,
+            ended_at=time.monotonic(),
+        )
 
     # ---------------------------------------------------------------------------------------- main
     def serve(self) -> None:
-        from bcoder_core.execution import sandbox
-
-        self.isolation = sandbox.setup_worker(fs_overlay=bool(self.config.get("fs_overlay")))
-        self.uid = self.uid if self.uid is not None and sandbox.can_switch_user(self.uid) else None
-        self.isolation["user"] = self.uid
         import tempfile
 
+        self.isolation = sandbox.setup_worker(fs_overlay=self.settings.fs_overlay)
+        self.uid = self.uid if self.uid is not None and sandbox.can_switch_user(self.uid) else None
+        self.isolation["user"] = self.uid
         self.base_dir = tempfile.mkdtemp(prefix="bcoder-work-")
         os.chmod(self.base_dir, 0o711)
         self.isolation["vm_size_mb"] = sandbox.vm_size_bytes() // (1024 * 1024)
-        self.send({"k": "hello", "pid": os.getpid(), "isolation": self.isolation})
+        self.send(protocol.Hello(os.getpid(), self.isolation))
         while True:
             job = self.recv()
-            if job is None or job.get("op") == "exit":
+            if not isinstance(job, protocol.RunJob):
                 break
             self.run_job(job)
 
@@ -544,35 +410,11 @@ def _compile_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _parse_line(line: bytes, nonce: str) -> dict | None:
-    try:
-        m = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(m, dict) or m.get("n") != nonce:
-        return None
-    return m
-
-
-def _parse_chan(data: bytes, nonce: str) -> list[dict]:
-    out = []
-    for line in data.split(b"\n"):
-        if line.strip():
-            m = _parse_line(line, nonce)
-            if m is not None:
-                out.append(m)
-    return out
-
-
-def _stderr_tail(stream: dict) -> str:
-    text = b"".join(stream["buf"]).decode("utf-8", "replace").strip()
-    if not text:
-        return ""
-    return text.splitlines()[-1][:300]
-
-
 def main() -> None:
-    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    settings = (
+        protocol.WorkerSettings.from_json(sys.argv[1]) if len(sys.argv) > 1 else protocol.WorkerSettings()
+    )
+    # The protocol gets private descriptors: whatever a library prints cannot corrupt a frame.
     rfd, wfd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -581,13 +423,10 @@ def main() -> None:
     for name in _PRELOAD:
         with contextlib.suppress(ImportError):
             __import__(name)
-    if config.get("preload_numpy", False):
+    if settings.preload_numpy:
         with contextlib.suppress(ImportError):
             import numpy  # noqa: F401
-    import bcoder_core.execution.child
-    import bcoder_core.execution.sandbox  # noqa: F401
-
-    Worker(rfd, wfd, config).serve()
+    Worker(rfd, wfd, settings).serve()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import copy
 import json
 import logging
 import math
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -73,17 +74,18 @@ from bcoder_core.errors import BcoderError
 
 __all__ = [
     "HEADS_WEIGHTS",
+    "MODEL_ROLES",
     "PHI_CONFIG",
     "PHI_FORMAT",
     "PHI_HEAD_INIT_BIAS",
     "PHI_WEIGHTS",
-    "STAGES",
     "BCoderModel",
     "shift_right",
 ]
 
-Stage = Literal["sft", "annotate", "phi", "theta", "eval"]
-STAGES: tuple[str, ...] = ("sft", "annotate", "phi", "theta", "eval")
+ModelRole = Literal["sft", "annotate", "phi", "theta", "eval"]
+"""What a loaded model is for: which parts it holds and which train (the ``stage=`` argument)."""
+MODEL_ROLES: tuple[str, ...] = typing.get_args(ModelRole)
 HEADS_WEIGHTS = "heads.safetensors"
 PHI_WEIGHTS = "phi.safetensors"
 PHI_CONFIG = "phi_config.json"
@@ -172,7 +174,7 @@ class BCoderModel(nn.Module):
     def __init__(
         self,
         t5: nn.Module,
-        stage: Stage,
+        stage: ModelRole,
         *,
         phi_state: dict[str, Tensor] | None = None,
         phi_fingerprint: list[float] | None = None,
@@ -181,8 +183,8 @@ class BCoderModel(nn.Module):
         alpha: float = 1.0,
     ) -> None:
         super().__init__()
-        if stage not in STAGES:
-            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
+        if stage not in MODEL_ROLES:
+            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
         self.stage: str = stage
         # The policy temperature θ was trained with; saved with the heads so that ranking scores
         # A_θ = α(ℓ_θ − max ℓ_θ) on the scale the value heads learned.
@@ -259,7 +261,7 @@ class BCoderModel(nn.Module):
         cls,
         path: str | Path,
         *,
-        stage: Stage,
+        stage: ModelRole,
         phi_path: str | Path | None = None,
         dtype: torch.dtype | None = torch.float32,
         device: str | torch.device | None = None,
@@ -275,8 +277,8 @@ class BCoderModel(nn.Module):
         """
         from transformers import T5ForConditionalGeneration
 
-        if stage not in STAGES:
-            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
+        if stage not in MODEL_ROLES:
+            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
         if phi_path is not None and stage in ("sft", "theta"):
             raise BcoderError(
                 f"model stage {stage}: phi_path is not used (theta reads V_phi from the annotated v_phi column)"
@@ -323,7 +325,7 @@ class BCoderModel(nn.Module):
         cls,
         config: Any,
         *,
-        stage: Stage,
+        stage: ModelRole,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
@@ -420,7 +422,7 @@ class BCoderModel(nn.Module):
             if self.theta_decoder is None or self.stage != "theta":
                 raise BcoderError(f"a {self.stage}-stage model has no theta parameters to train")
             return [*_own_params(self.theta_decoder), *self.lm_head.parameters(), *self.h1.parameters()]
-        raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
+        raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
 
     def value_head_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
         """The freshly initialised scalar value heads among ``stage``'s trainable parameters."""

@@ -38,30 +38,8 @@ from typing import Any
 import numpy as np
 
 from bcoder_core.errors import BcoderError
-from bcoder_core.rl.transitions import DEFAULT_SHARD_SIZE, Transition, TransitionWriter
-
-
-@dataclass(frozen=True)
-class AnnotateConfig:
-    batch_size: int = 16
-    """Programs per teacher-forced pass."""
-    max_source_tokens: int = 600
-    """Prompt length limit in tokens (the prompt builder truncates the question)."""
-    max_target_tokens: int = 512
-    """Longest program kept, in tokens, EOS included; longer ones are dropped and counted."""
-    ground_truth: bool = True
-    """Include the problems' reference solutions (reward +1.0)."""
-    shard_size: int = DEFAULT_SHARD_SIZE
-    """Programs per store shard."""
-    window_batches: int = 64
-    """Batches per sorting window (sorting by problem and length within a window)."""
-    alpha: float = 1.0
-    """Policy temperature α of A = α(ℓ − max ℓ)."""
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "max_source_tokens", "max_target_tokens", "shard_size", "window_batches"):
-            if getattr(self, name) < 1:
-                raise BcoderError(f"annotate: {name} must be >= 1, got {getattr(self, name)}")
+from bcoder_core.rl.configs import AnnotateConfig
+from bcoder_core.rl.transitions import Transition, TransitionWriter
 
 
 @dataclass
@@ -382,9 +360,6 @@ def run_annotate(
     phi: str | None = None,
     samples: str | None = None,
     results: str | None = None,
-    tokenizer: str | None = None,
-    device: str | None = None,
-    dtype: str = "fp32",
     progress: bool = True,
 ) -> AnnotateSummary:
     """The ``bcoder annotate`` stage (module docstring)."""
@@ -392,6 +367,8 @@ def run_annotate(
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.sampling import load_tokenizer_for, pick_device, progress_bar, resolve_model_dir
+
+    tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
     if (samples is None) != (results is None):
         raise BcoderError("annotate: --samples and --results go together")

@@ -33,29 +33,7 @@ from typing import Any
 import numpy as np
 
 from bcoder_core.errors import BcoderError
-
-
-@dataclass(frozen=True)
-class RankConfig:
-    batch_size: int = 16
-    """Programs per teacher-forced pass."""
-    gamma: float = 0.999
-    """Discount γ."""
-    max_source_tokens: int = 600
-    """Prompt length limit in tokens."""
-    max_target_tokens: int = 1024
-    """Programs longer than this (EOS included) are scored on their first tokens and flagged."""
-    window_batches: int = 64
-    """Batches per sorting window."""
-    alpha: float | None = None
-    """Policy temperature α; None: the one θ was trained with (saved with its heads)."""
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "max_source_tokens", "max_target_tokens", "window_batches"):
-            if getattr(self, name) < 1:
-                raise BcoderError(f"rank: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise BcoderError(f"rank: gamma must lie in [0, 1], got {self.gamma}")
+from bcoder_core.rl.configs import RankConfig
 
 
 @dataclass
@@ -189,13 +167,12 @@ def run_rank(
     samples: str,
     out: str,
     cfg: RankConfig,
-    tokenizer: str | None = None,
-    device: str | None = None,
-    dtype: str = "fp32",
     progress: bool = True,
 ) -> RankSummary:
     """The ``bcoder rank`` stage (module docstring)."""
     import json
+
+    tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
     from bcoder_core import storage
     from bcoder_core.jsonl import read_jsonl

@@ -21,65 +21,16 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bcoder_core.errors import BcoderError
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    num_samples: int = 1
-    """m: programs sampled per problem."""
-    temperature: float = 0.6
-    """Softmax temperature T (0 means greedy decoding)."""
-    top_p: float = 0.95
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
-    max_new_tokens: int = 512
-    """Longest program, in tokens (EOS included)."""
-    batch_size: int = 32
-    """Programs decoded together."""
-    seed: int = 0
-    """Seed of the per-sample random streams."""
-    max_source_tokens: int = 600
-    """Prompt length limit (the prompt builder truncates the question)."""
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise BcoderError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.temperature < 0:
-            raise BcoderError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise BcoderError(f"--top-p must lie in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise BcoderError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise BcoderError(f"--batch-size must be >= 1, got {self.batch_size}")
-
+from bcoder_core.rl.configs import SamplingConfig
+from bcoder_core.shards import parse_shard, shard_items
 
 # --------------------------------------------------------------------------------------------------
 # Small shared helpers (also used by annotate and rank)
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``"I/N"`` → (I, N); None → (0, 1)."""
-    if spec is None or spec == "":
-        return 0, 1
-    try:
-        i_s, n_s = spec.split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise BcoderError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise BcoderError(f"--shard {spec!r}: need 0 <= I < N")
-    return i, n
-
-
-def shard_items(items: Sequence, shard: tuple[int, int]) -> list:
-    """Every item whose index is congruent to I mod N."""
-    i, n = shard
-    return [x for k, x in enumerate(items) if k % n == i]
 
 
 def output_file(local: Path, default_name: str) -> Path:
@@ -402,14 +353,13 @@ def run_sample(
     cfg: SamplingConfig,
     *,
     shard: str | None = None,
-    tokenizer: str | None = None,
-    device: str | None = None,
-    dtype: str = "auto",
     progress: bool = True,
 ) -> int:
     """The ``bcoder sample`` stage: returns the number of samples written."""
     from bcoder_core import storage
     from bcoder_core.problems import read_problems
+
+    tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
     shard_spec = parse_shard(shard)
     model_dir = resolve_model_dir(model)

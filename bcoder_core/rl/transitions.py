@@ -51,9 +51,6 @@ demand, so neither writing nor reading holds the whole store in memory.
 from __future__ import annotations
 
 import json
-import logging
-import math
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -63,8 +60,7 @@ from typing import Any
 import numpy as np
 
 from bcoder_core.errors import BcoderError
-
-log = logging.getLogger(__name__)
+from bcoder_core.train.samplers import MixedBatchSampler  # noqa: F401  (moved; old import path)
 
 FORMAT = "bcoder-transitions"
 VERSION = 1
@@ -494,160 +490,3 @@ def collate(records: Sequence[Transition], pad_id: int) -> dict[str, Any]:
     if v_phi is not None:
         batch["v_phi"] = torch.from_numpy(v_phi)
     return batch
-
-
-# --------------------------------------------------------------------------------------------------
-# The ρ_real mixing sampler
-
-
-class MixedBatchSampler:
-    """An infinite, deterministic stream of index batches mixing ground truth and generated records.
-
-    Every global batch of ``batch_size`` records holds ``n_real = floor(rho_real·B + 0.5)``
-    ground-truth records and ``B − n_real`` generated ones (DESIGN §2.7). Each pool is walked in
-    a permutation that is reshuffled every epoch of that pool (``numpy`` generator seeded with
-    ``(seed, pool, epoch)``); a batch that crosses the end of an epoch takes the rest of it and the
-    start of the next, so a pool smaller than its share of a batch repeats records.
-
-    Because every batch consumes a fixed number of records from each pool, batch ``k`` is a pure
-    function of ``k``: ``batch(k)`` gives it directly, the state is just the step, and resuming
-    from ``state_dict()`` reproduces the following batches exactly — with any world size.
-
-    DDP: ``batch_size`` is the global batch; rank ``r`` of ``world_size`` gets the positions
-    ``r, r + W, r + 2W, ...`` of it (``B / W`` records; ``B`` must be a multiple of ``W``). The
-    global batch lists its ground-truth records first, so every rank gets ``n_real / W``
-    of them, rounded down or up. Ranks see disjoint parts that together are the global batch.
-
-    When one pool is empty the other fills the whole batch (logged once as a warning).
-    """
-
-    def __init__(
-        self,
-        store: TransitionStore | Any,
-        batch_size: int,
-        rho_real: float,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if batch_size < 1:
-            raise BcoderError(f"batch size must be >= 1, got {batch_size}")
-        if not 0.0 <= rho_real <= 1.0:
-            raise BcoderError(f"rho_real must lie in [0, 1], got {rho_real}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise BcoderError(f"rank {rank} is not in a world of size {world_size}")
-        if batch_size % world_size:
-            raise BcoderError(
-                f"global batch size {batch_size} is not a multiple of the world size {world_size}"
-            )
-        if hasattr(store, "gt_indices"):
-            gt, gen = np.asarray(store.gt_indices()), np.asarray(store.generated_indices())
-        else:  # a sequence of records
-            mask = np.array([bool(r.is_gt) for r in store], dtype=bool)
-            gt, gen = np.flatnonzero(mask), np.flatnonzero(~mask)
-        self._pools = {"gt": gt.astype(np.int64), "gen": gen.astype(np.int64)}
-        self.batch_size = int(batch_size)
-        self.rho_real = float(rho_real)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-
-        n_real = math.floor(self.rho_real * self.batch_size + 0.5)
-        if len(gt) == 0 and len(gen) == 0:
-            raise BcoderError("the transition store is empty: nothing to sample batches from")
-        if len(gt) == 0 and n_real > 0:
-            log.warning(
-                "no ground-truth programs in the store: batches hold %d generated programs, not "
-                "%d ground truth + %d generated (rho_real=%s)",
-                self.batch_size, n_real, self.batch_size - n_real, self.rho_real,
-            )  # fmt: skip
-            n_real = 0
-        elif len(gen) == 0 and n_real < self.batch_size:
-            log.warning(
-                "no generated programs in the store: batches hold %d ground-truth programs, not "
-                "%d ground truth + %d generated (rho_real=%s)",
-                self.batch_size, n_real, self.batch_size - n_real, self.rho_real,
-            )  # fmt: skip
-            n_real = self.batch_size
-        self.n_real = n_real
-        self.n_generated = self.batch_size - n_real
-        self.step = 0
-        self._perm_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._lock = threading.Lock()  # batch(k) may be asked for from loader threads
-
-    @property
-    def local_batch_size(self) -> int:
-        return self.batch_size // self.world_size
-
-    def _perm(self, pool: str, epoch: int) -> np.ndarray:
-        key = (pool, epoch)
-        with self._lock:
-            return self._perm_locked(pool, epoch, key)
-
-    def _perm_locked(self, pool: str, epoch: int, key: tuple[str, int]) -> np.ndarray:
-        p = self._perm_cache.get(key)
-        if p is None:
-            pool_id = 0 if pool == "gt" else 1
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, pool_id, epoch])
-            p = self._pools[pool][rng.permutation(len(self._pools[pool]))]
-            # keep only the permutations a sequential walk still needs
-            for old in [k for k in self._perm_cache if k[0] == pool and k[1] < epoch - 1]:
-                del self._perm_cache[old]
-            self._perm_cache[key] = p
-        return p
-
-    def _take(self, pool: str, start: int, count: int) -> list[int]:
-        n = len(self._pools[pool])
-        out: list[int] = []
-        pos = start
-        while len(out) < count:
-            epoch, off = divmod(pos, n)
-            chunk = self._perm(pool, epoch)[off : off + (count - len(out))]
-            out.extend(int(x) for x in chunk)
-            pos += len(chunk)
-        return out
-
-    def global_batch(self, step: int) -> list[int]:
-        """All ``batch_size`` indices of batch ``step``: ground truth first, then generated."""
-        idx = self._take("gt", step * self.n_real, self.n_real) if self.n_real else []
-        if self.n_generated:
-            idx += self._take("gen", step * self.n_generated, self.n_generated)
-        return idx
-
-    def batch(self, step: int) -> list[int]:
-        """This rank's part of batch ``step``."""
-        return self.global_batch(step)[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self
-
-    def __next__(self) -> list[int]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """The position after the last batch handed out (goes into checkpoints)."""
-        return {
-            "step": self.step,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "rho_real": self.rho_real,
-            "num_gt": len(self._pools["gt"]),
-            "num_generated": len(self._pools["gen"]),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, mine in (
-            ("seed", self.seed),
-            ("batch_size", self.batch_size),
-            ("rho_real", self.rho_real),
-            ("num_gt", len(self._pools["gt"])),
-            ("num_generated", len(self._pools["gen"])),
-        ):
-            if key in state and state[key] != mine:
-                raise BcoderError(
-                    f"cannot resume the batch sampler: {key} was {state[key]} in the checkpoint, "
-                    f"is {mine} now"
-                )
-        self.step = int(state["step"])

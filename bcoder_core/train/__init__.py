@@ -6,7 +6,15 @@
 - ``checkpoint.py``  step_N/ checkpoints, the ``latest`` marker, exact resume, the final export
 - ``dist.py``   torch.distributed under torchrun (gloo on CPU, NCCL on GPU), rank-0 gating
 - ``optim.py``  AdamW and the constant / linear-decay schedules
-- ``common.py`` precision, DDP wrapping, micro-batches, prefetching, logging and telemetry
+
+The pieces every loop shares, named for what they hold:
+
+- ``setup.py``     config checks, the resume point and initial weights, joining the ranks, precision
+- ``samplers.py``  the two batch samplers: sft's epoch sampler and the ρ_real mixing sampler
+- ``loading.py``   global batch size, data loading and the background prefetcher
+- ``step.py``      one optimiser step: micro-batches, DDP wrapping and all-reduce, clipping, AdamW
+- ``progress.py``  resume, the step log, checkpoints when due, the final export (``TrainResult``)
+- ``logs.py``      rank-0 logging, the per-step log line and telemetry, the stage's records
 
 Each ``train_*`` returns a ``TrainResult`` (the final model URI and the logged loss curve); the
 ``bcoder train sft|phi|theta`` commands (``jobs/train.py``) call them.

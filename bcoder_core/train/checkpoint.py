@@ -2,7 +2,7 @@
 
 Layout under the run's output URI (a local directory or ``s3://bucket/prefix``)::
 
-    step_N/                     one artifact per save (manifest.json written last by storage.publish)
+    step_N/                     one artifact per save (manifest.json written last by storage.output_path)
       model/                    the model in Hugging Face format (save_pretrained)
       optimizer.pt              AdamW state (identical on every rank under DDP: saved once)
       scheduler.pt              LR scheduler state
@@ -24,8 +24,6 @@ import json
 import logging
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,7 +40,7 @@ from bcoder_core.train.dist import DistInfo, all_gather_object, barrier
 
 log = logging.getLogger("bcoder.train")
 
-LATEST = "latest"
+LATEST = storage.LATEST
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -94,15 +92,6 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri
-
-
-def _remove(uri: str) -> None:
-    """Delete an old checkpoint, local or on S3 (manifest first, so no reader trusts a half-deleted one)."""
-    storage.delete(uri)
-
-
 def read_latest(output: str) -> int | None:
     """The step named by ``<output>/latest``, or None when no checkpoint was completed."""
     text = storage.read_text(storage.join(output, LATEST))
@@ -117,14 +106,16 @@ def read_latest(output: str) -> int | None:
 def existing_steps(output: str, latest: int) -> list[int]:
     """Steps of the complete checkpoints a resumed run inherits, oldest first (for pruning).
 
-    Local outputs are listed; for remote ones only ``latest`` is known (storage has no listing).
+    Outputs on this machine's file system are listed; for remote ones only ``latest`` is known
+    (storage lists no prefixes of a remote store).
     """
     if not latest:
         return []
-    if not _is_local(output):
+    root = storage.local_path(output)
+    if root is None:
         return [latest]
     steps = []
-    for path in Path(output).glob("step_*"):
+    for path in root.glob("step_*"):
         m = _STEP_RE.match(path.name)
         if m and int(m.group(1)) <= latest and storage.exists(str(path)):
             steps.append(int(m.group(1)))
@@ -166,21 +157,10 @@ def save_checkpoint(
     barrier(info)
     rank_states = all_gather_object(info, {"rng": rng_state(), "data": data_state})
     if info.is_main:
-        uri = step_uri(output, step)
-        local_final = _is_local(output)
-        if local_final:
-            # Written in place: a partial directory from a killed save has no manifest and is not
-            # named by `latest`, so it is invisible to readers; it is replaced here.
-            staging = Path(uri)
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True)
-            tmp_root = None
-        else:
-            tmp_root = Path(tempfile.mkdtemp(prefix="bcoder-ckpt-"))
-            staging = tmp_root / f"step_{step}"
-            staging.mkdir()
-        try:
+        cfg_dict = config_to_dict(config)
+        # A save killed before publishing leaves no manifest and is not named by `latest`, so it
+        # is invisible to readers; a re-run replaces whatever it left at step_N.
+        with storage.output_path(step_uri(output, step), kind="checkpoint", config=cfg_dict) as staging:
             with preserved_rng():  # the saved RNG state must be the one training continues with
                 write_model(staging / "model")
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
@@ -190,18 +170,14 @@ def save_checkpoint(
             (staging / "trainer_state.json").write_text(
                 json.dumps({"step": step, "world_size": info.world_size, "stage": stage})
             )
-            cfg_dict = config_to_dict(config)
             (staging / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-            storage.publish(staging, uri, kind="checkpoint", config=cfg_dict)
-            storage.write_text(storage.join(output, LATEST), f"step_{step}")
-        finally:
-            if tmp_root is not None:
-                shutil.rmtree(tmp_root, ignore_errors=True)
+        storage.write_text(storage.join(output, LATEST), f"step_{step}")
         if step not in history:
             history.append(step)
         if keep > 0:
             while len(history) > keep:
-                _remove(step_uri(output, history.pop(0)))
+                # Manifest first: no reader trusts a half-deleted checkpoint.
+                storage.delete(step_uri(output, history.pop(0)))
     barrier(info)
     return time.perf_counter() - t0
 
@@ -261,22 +237,12 @@ def export_final(
             if history is not None:
                 (target / "history.json").write_text(json.dumps(history) + "\n")
 
-        _export(output, uri, write_all, config)
+        _export(uri, write_all, config)
     barrier(info)
     return uri
 
 
 @preserved_rng()
-def _export(output: str, uri: str, write_model: Callable[[Path], None], config: Any) -> None:
-    cfg_dict = config_to_dict(config)
-    if _is_local(output):
-        target = Path(uri)
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+def _export(uri: str, write_model: Callable[[Path], None], config: Any) -> None:
+    with storage.output_path(uri, kind="model", config=config_to_dict(config)) as target:
         write_model(target)
-        storage.publish(target, uri, kind="model", config=cfg_dict)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bcoder-final-") as tmp:
-            write_model(Path(tmp))
-            storage.publish(Path(tmp), uri, kind="model", config=cfg_dict)

@@ -11,41 +11,21 @@ Run: ``bcoder train sft --config configs/train/sft-tiny.yaml``.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bcoder_core import storage, telemetry
+from bcoder_core import storage
 from bcoder_core.config import SFTConfig
 from bcoder_core.errors import BcoderError
-from bcoder_core.train import checkpoint as ckpt
-from bcoder_core.train.common import (
-    LossModule,
-    Prefetcher,
-    StepLogger,
-    TrainResult,
-    autocast,
-    count_tokens,
-    global_grad_norm,
-    log,
-    no_sync,
-    resolve_init,
-    resolve_tokenizer_spec,
-    setup_logging,
-    split_micro,
-    stage_telemetry,
-    to_device,
-    use_bf16,
-    validate_common,
-    wrap_ddp,
-)
-from bcoder_core.train.dist import cleanup, init_distributed
-from bcoder_core.train.optim import make_optimizer, make_scheduler
+from bcoder_core.train import setup
+from bcoder_core.train.loading import Prefetcher, global_batch_size
+from bcoder_core.train.logs import log
+from bcoder_core.train.progress import Progress, TrainResult
+from bcoder_core.train.samplers import EpochSampler
+from bcoder_core.train.step import setup_training, split_micro, train_step
 
 STAGE = "sft"
 
@@ -106,59 +86,6 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class EpochSampler:
-    """Deterministic, infinite index batches over ``n`` examples, reshuffled every epoch.
-
-    Batch ``k`` is a pure function of ``k`` (like :class:`~bcoder_core.rl.transitions.MixedBatchSampler`):
-    the state is the step, so resume is exact. ``batch_size`` is the global batch; rank ``r`` takes
-    positions ``r, r + W, ...`` of it.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if n == 0:
-            raise BcoderError("no training examples: the problem set has no usable reference solutions")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.step = 0
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch]).permutation(self.n)
-        return self._perms[epoch]
-
-    def global_batch(self, step: int) -> list[int]:
-        out: list[int] = []
-        pos = step * self.batch_size
-        while len(out) < self.batch_size:
-            epoch, off = divmod(pos, self.n)
-            chunk = self._perm(epoch)[off : off + self.batch_size - len(out)]
-            out.extend(int(i) for i in chunk)
-            pos += len(chunk)
-        return out
-
-    def batch(self, step: int) -> list[int]:
-        """This rank's part of batch ``step``."""
-        return self.global_batch(step)[self.rank :: self.world_size]
-
-    def __next__(self) -> list[int]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "n": self.n, "batch_size": self.batch_size, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("n", "batch_size", "seed"):
-            if state[key] != getattr(self, key):
-                raise BcoderError(
-                    f"cannot resume the sft data order: {key} was {state[key]}, is {getattr(self, key)}"
-                )
-        self.step = int(state["step"])
-
-
 def _train_tokenizer(problems: list, vocab_size: int, cfg: SFTConfig) -> Any:
     """A tiny byte-level BPE trained on the problem set's prompts and tab re-indented programs."""
     from bcoder_core.model.tokenizer import train_tiny_tokenizer
@@ -177,26 +104,23 @@ def _train_tokenizer(problems: list, vocab_size: int, cfg: SFTConfig) -> Any:
 
 
 def train_sft(cfg: SFTConfig) -> TrainResult:
-    """Fine-tune the whole T5 as ``cfg`` says (resuming from ``<output>/latest``); returns the final URI and loss curve."""
+    """Fine-tune the whole T5 as ``cfg`` says (resuming from ``<output>/latest``); returns the URI of
+    the exported stand-in checkpoint and the loss curve."""
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.model.tokenizer import load_tokenizer
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.losses import sft_loss
 
-    validate_common(cfg)
-    scratch = tempfile.TemporaryDirectory(prefix="bcoder-sft-")
-    try:
+    setup.validate_common(cfg)
+    with setup.run_scope(STAGE) as scratch:
         # ---- data: problems and their reference solutions
         problems = read_problems(storage.input_path(cfg.problems))
 
-        # ---- resume point, tokenizer and initial weights. The tokenizer comes first: a random
-        # init sizes its vocabulary to it. "train:<V>" trains one on the problem set
-        # (deterministic, so every rank gets the same); a resumed run reads its checkpoint's.
-        # All before the process group exists: transformers' save_pretrained writes only on rank 0
-        # of an initialised group, and every rank needs its own copy of a random init.
-        ckpt.seed_everything(cfg.seed)
-        start_step = ckpt.read_latest(cfg.output) or 0
-        resume_dir = ckpt.fetch_checkpoint(cfg.output, start_step) if start_step else None
+        # ---- resume point, tokenizer and initial weights, all before the process group. The
+        # tokenizer comes first: a random init sizes its vocabulary to it. "train:<V>" trains one on
+        # the problem set (deterministic, so every rank gets the same); a resumed run reads its
+        # checkpoint's.
+        resume_dir = setup.find_resume(cfg)
         spec = cfg.model.tokenizer
         if resume_dir is not None:
             init_dir = str(resume_dir / "model")
@@ -209,20 +133,24 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
             else:
                 tokenizer = load_tokenizer("codet5" if spec == "auto" else spec)
             shape = {} if tokenizer is None else {"vocab_size": len(tokenizer)}
-            init_dir = resolve_init(cfg, cfg.seed, scratch.name, **shape)
+            init_dir = setup.resolve_init(cfg, cfg.seed, scratch, **shape)
             if tokenizer is None:
-                tokenizer = load_tokenizer(resolve_tokenizer_spec(cfg, init_dir))
+                tokenizer = load_tokenizer(setup.resolve_tokenizer_spec(cfg, init_dir))
 
-        info = init_distributed(cfg.device)
-        setup_logging(info)
-        with stage_telemetry(STAGE, info, cfg):
+        with setup.join_ranks(STAGE, cfg) as info:
             pairs, dropped = build_pairs(problems, tokenizer, cfg)
-            global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
+            global_batch = global_batch_size(cfg, info)
             sampler = EpochSampler(len(pairs), global_batch, cfg.seed, info.rank, info.world_size)
             log.info(
                 "sft: %d problems, %d pairs (%d dropped: program > %d tokens), global batch %d",
                 len(problems), len(pairs), dropped, cfg.max_target_tokens, global_batch,
             )  # fmt: skip
+            pad_id = tokenizer.pad_token_id or 0
+
+            def load(indices: list[int]) -> list[dict[str, torch.Tensor]]:
+                """This rank's part of a global batch, as collated micro-batches."""
+                micro = split_micro(indices, cfg.grad_accum)
+                return [collate_pairs([pairs[i] for i in part], pad_id) for part in micro]
 
             # ---- model: the whole T5, trainable
             model = BCoderModel.from_pretrained(init_dir, stage=STAGE, dropout=cfg.dropout)
@@ -230,89 +158,22 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
                 raise BcoderError(
                     f"tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {_vocab_size(model)}"
                 )
-            model.to(info.device)
-            model.train()
-            params = list(model.trainable_parameters(STAGE))
-            bf16 = use_bf16(cfg, info)
-            pad_id = tokenizer.pad_token_id or 0
 
             # ---- loss, optimiser, schedule
-            net = wrap_ddp(LossModule(model, sft_loss), info, cfg)
-            optimizer = make_optimizer(params, cfg.optim)
-            scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
-
-            # ---- resume
-            if resume_dir is not None:
-                step, data_state = ckpt.load_training_state(
-                    resume_dir, info, optimizer=optimizer, scheduler=scheduler
-                )
-                sampler.load_state_dict(data_state)
-                log.info("sft: resumed from %s", ckpt.step_uri(cfg.output, step))
-            else:
-                step = 0
-                ckpt.seed_everything(cfg.seed + info.rank)
+            parts = setup_training(model, sft_loss, STAGE, cfg, info)
 
             def write_model(path: Path) -> None:
                 model.save_pretrained(str(path), STAGE, tokenizer=tokenizer)
-                model.train()  # saving may switch shared submodules to eval mode (no dropout)
 
-            logger = StepLogger(STAGE, info, cfg.max_steps, cfg.log_every, start_step=step)
-            history = ckpt.existing_steps(cfg.output, step)
-
-            # ---- data loading: this rank's part of each global batch, as collated micro-batches
-            def load(indices: list[int]) -> list[dict[str, torch.Tensor]]:
-                parts = split_micro(indices, cfg.grad_accum)
-                return [collate_pairs([pairs[i] for i in part], pad_id) for part in parts]
-
-            loader = Prefetcher(load, sampler.batch, workers=cfg.num_workers, last_step=cfg.max_steps)
-
-            # ---- the loop
-            while step < cfg.max_steps:
-                t0 = time.perf_counter()
-                micro = loader.get(step, next(sampler))
-                optimizer.zero_grad(set_to_none=True)
-                stats_sum: dict[str, float] = {}
-                tokens = 0
-                for j, part in enumerate(micro):
-                    tokens += count_tokens(part)  # on the host copy: no device sync
-                    batch = to_device(part, info.device)
-                    with no_sync(net, last=j == len(micro) - 1):  # DDP all-reduces on the last only
-                        with autocast(bf16, info.device):
-                            loss, stats = net(batch)
-                        (loss / cfg.grad_accum).backward()
-                    for k, v in stats.items():
-                        stats_sum[k] = stats_sum.get(k, 0.0) + float(v) / len(micro)
-                grad_norm = global_grad_norm(params, cfg.optim.grad_clip)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                logger.step(
-                    step, stats=stats_sum, tokens=tokens, seconds=time.perf_counter() - t0, lr=lr,
-                    grad_norm=grad_norm,
-                )  # fmt: skip
-                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-                    seconds = ckpt.save_checkpoint(
-                        info, cfg.output, step, stage=STAGE, write_model=write_model,
-                        optimizer=optimizer, scheduler=scheduler, data_state=sampler.state_dict(),
-                        config=cfg, keep=cfg.keep_checkpoints, history=history,
-                    )  # fmt: skip
-                    if info.is_main:
-                        telemetry.record_checkpoint(STAGE, seconds)
-                        log.info("sft: saved %s (%.1fs)", ckpt.step_uri(cfg.output, step), seconds)
-
-            loader.close()
-            # Free DDP (and its reducer's hold on the process group) while every rank is still here:
-            # a gloo group torn down after a peer exited can block its destructor forever.
-            del net
+            # ---- resume, then the loop
+            progress = Progress(STAGE, info, cfg, model, parts, sampler, write_model, resume_dir)
+            with Prefetcher(load, sampler, workers=cfg.num_workers, last_step=cfg.max_steps) as loader:
+                for step in range(progress.start_step, cfg.max_steps):
+                    done = train_step(parts, loader, step)  # micro-batches, DDP all-reduce, clip, AdamW
+                    progress.after_step(step + 1, done)  # the step log, a checkpoint when due
 
             # ---- export: a plain HF T5 directory with its tokenizer (the stand-in checkpoint)
-            final = ckpt.export_final(info, cfg.output, write_model, cfg, logger.history)
-            log.info("sft: done, model in %s", final)
-            return TrainResult(final=final, history=logger.history)
-    finally:
-        scratch.cleanup()
-        cleanup()
+            return progress.export(write_model)
 
 
 def _vocab_size(model: Any) -> int:
