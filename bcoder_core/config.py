@@ -54,6 +54,16 @@ class ModelSpec:
     "tiny", a tokenizer directory, or "train:<vocab_size>" (sft only: train a tiny byte-level BPE on
     the problem set first). It is saved with the exported model so later stages find it."""
 
+    def __post_init__(self) -> None:
+        if self.tokenizer.startswith("train:"):
+            size = self.tokenizer.removeprefix("train:")
+            # The tiny BPE holds 5 specials and 256 bytes before any merge (model/tokenizer.py).
+            check(
+                size.isdigit() and int(size) >= 261,
+                "tokenizer",
+                f"train:<vocab_size> needs an integer vocab_size >= 261 (got {self.tokenizer!r})",
+            )
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -166,6 +176,12 @@ class TrainConfig:
             "dropout",
             f"must lie in [0, 1) (got {self.dropout})",
         )
+        # On CPU the trainers compute in fp32 whatever precision says: a run would claim bf16 and not be it.
+        check(
+            not (self.precision == "bf16" and self.device == "cpu"),
+            "precision",
+            "bf16 needs CUDA (device auto or cuda); on device cpu training runs in fp32",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -180,6 +196,7 @@ class SFTConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(bool(self.problems), "problems", "must be set (a problem set URI)")
         check(
             self.max_solutions_per_problem >= 0,
             "max_solutions_per_problem",
@@ -192,6 +209,13 @@ def _check_rl(cfg: PhiConfig | ThetaConfig) -> None:
     the bounds of DESIGN §2.3 divide by 1 − γ), ρ_real ∈ [0, 1]."""
     check(0 < cfg.gamma <= 1, "gamma", f"must lie in (0, 1] (got {cfg.gamma})")
     check(0 <= cfg.rho_real <= 1, "rho_real", f"must lie in [0, 1] (got {cfg.rho_real})")
+    check(bool(cfg.transitions), "transitions", "must be set (the store `bcoder annotate` wrote)")
+    # phi and theta train on the token ids already in the store, made with model.init's tokenizer.
+    check(
+        not cfg.model.tokenizer.startswith("train:"),
+        "model.tokenizer",
+        f"{cfg.model.tokenizer!r} is for sft only; use the tokenizer saved with model.init (auto)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -239,6 +263,11 @@ class ThetaConfig(TrainConfig):
         for key in ("beta_q", "beta_adv", "beta_ce"):
             value = getattr(self, key)
             check(value >= 0, key, f"must be >= 0 (got {value})")
+        check(
+            self.beta_q + self.beta_adv + self.beta_ce > 0,
+            "beta_ce",
+            "must be > 0 when beta_q and beta_adv are 0 (the loss would be 0: nothing trains)",
+        )
         check(self.alpha > 0, "alpha", f"must be > 0 (got {self.alpha})")
 
 
@@ -421,9 +450,11 @@ def load_config(
     where = str(path) if path is not None else "<override>"
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from bcoder_core.config import cli_flags
 from bcoder_core.errors import BcoderError, check
-from bcoder_core.jsonl import read_jsonl
+from bcoder_core.jsonl import read_jsonl, read_keyed
 from bcoder_core.problems import Problem, count_tests
 
 DIFFICULTY_ORDER = ("introductory", "interview", "competition")
@@ -556,16 +556,16 @@ def run_evaluate(
     from bcoder_core import storage
     from bcoder_core.problems import read_problems
 
+    for uri in filter(None, (out_json, out_md)):
+        storage.check_output(uri, kind="evaluation")  # before any input is read
     results_config = _check_tests_kind(results, "--results", "hidden")
     if example_results:
         _check_tests_kind(example_results, "--example-results", "example")
     problem_list = read_problems(storage.input_path(problems))
-    result_records = read_jsonl_records(storage.input_path(results), "results")
-    sample_records = read_jsonl_records(storage.input_path(samples), "samples") if samples else None
+    result_records = list(read_keyed(storage.input_path(results), "result"))
+    sample_records = list(read_keyed(storage.input_path(samples), "sample")) if samples else None
     example_records = (
-        read_jsonl_records(storage.input_path(example_results), "example results")
-        if example_results
-        else None
+        list(read_keyed(storage.input_path(example_results), "example result")) if example_results else None
     )
     try:
         problem_list, (result_records, sample_records, example_records) = select_split(

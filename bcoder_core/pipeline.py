@@ -5,7 +5,8 @@ with its inputs and its one output given as URIs under the run directory. The ru
 (:class:`PipelineConfig`) embeds each stage's own config class (the one its command loads), and
 :func:`plan` renders them onto the command lines with :func:`bcoder_core.config.to_argv`, so any
 executor (this one, a cluster workflow) runs the same stages from the same data. A stage whose output is
-committed (its manifest exists) is skipped, so re-running the pipeline resumes where it stopped;
+committed (its manifest exists and its files still match it: ``verify``) is skipped, so re-running the
+pipeline resumes where it stopped;
 training stages resume from their own ``latest`` checkpoint. Running each stage as a process keeps
 memory flat (a stage's model is gone when it ends) and keeps the local path identical to the
 cluster path.
@@ -25,7 +26,7 @@ from pathlib import Path
 from bcoder_core import storage
 from bcoder_core.benchmark import BenchmarkConfig
 from bcoder_core.config import to_argv
-from bcoder_core.errors import BcoderError, check
+from bcoder_core.errors import ArtifactCorrupt, ArtifactNotFound, BcoderError, check
 from bcoder_core.evaluation import EvaluateConfig
 from bcoder_core.execution import ExecutionConfig
 from bcoder_core.rl.configs import AnnotateConfig, RankConfig, SamplingConfig
@@ -81,8 +82,13 @@ class PipelineConfig:
     eval_split: str = "test"
     """Split the methods are sampled, ranked and evaluated on: `test`, or `val` to tune settings
     (needs benchmark.n_val > 0; its artifacts and report-val.md sit beside the test ones)."""
+    verify: str = "sizes"
+    """How a committed stage output is checked before it is skipped: `sizes` (every file there with
+    its manifest's size; cheap) or `sha256` (every byte read; catches same-size edits). An output
+    that fails is removed and its stage runs again (`bcoder pipeline run --verify` = sha256)."""
 
     def __post_init__(self) -> None:
+        check(self.verify in ("sizes", "sha256"), "verify", f"must be sizes or sha256 (got {self.verify!r})")
         check(
             self.eval_split in ("test", "val"), "eval_split", f"must be test or val (got {self.eval_split!r})"
         )
@@ -116,8 +122,19 @@ class Stage:
     output: str
 
 
-def _committed(uri: str) -> bool:
-    return storage.exists(uri)
+def _committed(uri: str, *, sha256: bool = False) -> str | None:
+    """Why the stage output at ``uri`` must be (re)made, or None when it is committed and intact.
+
+    Committed means a manifest whose files are still there as it lists them: sizes always, digests
+    with ``sha256``. A file changed after the commit does not count as done.
+    """
+    if not storage.exists(uri):
+        return "not committed"
+    try:
+        storage.verify(uri, sha256=sha256)
+    except (ArtifactCorrupt, ArtifactNotFound) as exc:
+        return f"changed since it was committed: {exc}"
+    return None
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -247,16 +264,23 @@ def run(cfg: PipelineConfig, *, echo: Callable[[str], None] = print, only: Seque
         raise BcoderError(
             f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(s.name for s in stages)}"
         )
+    storage.check_output_root(cfg.run_dir)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    sha256 = cfg.verify == "sha256"
     ran: list[str] = []
     timings: dict[str, float] = {}
     for i, stage in enumerate(stages, 1):
         head = f"[{i:>2}/{len(stages)}] {stage.name}"
         if only and stage.name not in only:
             continue
-        if _committed(stage.output):
+        why = _committed(stage.output, sha256=sha256)
+        if why is None:
             echo(f"{head}: committed, skipped ({stage.output})")
             continue
+        if why != "not committed":
+            # The pipeline's own artifact, no longer what its manifest says: made again from scratch.
+            echo(f"{head}: {why}; removing {stage.output} and running the stage again")
+            storage.delete(stage.output)
         argv = [sys.executable, "-m", "jobs.cli", *stage.argv]
         echo(f"{head}: bcoder {shlex.join(stage.argv)}")
         t0 = time.perf_counter()
@@ -266,8 +290,9 @@ def run(cfg: PipelineConfig, *, echo: Callable[[str], None] = print, only: Seque
             raise BcoderError(
                 f"stage {stage.name} failed (exit {proc.returncode}); re-run the pipeline to resume from it"
             )
-        if not _committed(stage.output):
-            raise BcoderError(f"stage {stage.name} exited 0 but did not commit {stage.output}")
+        why = _committed(stage.output)
+        if why is not None:
+            raise BcoderError(f"stage {stage.name} exited 0 but its output {stage.output} is {why}")
         echo(f"{head}: done in {timings[stage.name]:.0f}s")
         ran.append(stage.name)
     _write_timings(cfg, timings)

@@ -103,32 +103,15 @@ def validate_problem_fields(p: Problem) -> list[str]:
     return reasons
 
 
-def _jsonl_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise BcoderError(f"{path}: directory holds no *.jsonl problem shards")
-        return files
-    if not path.exists():
-        raise BcoderError(f"{path}: no such problem set")
-    return [path]
-
-
 def iter_problems(path: str | Path) -> Iterator[Problem]:
     """Problems of a JSONL file or a directory of JSONL shards, in file order."""
-    for file in _jsonl_files(Path(path)):
-        with file.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BcoderError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
-                try:
-                    yield Problem.from_json(d)
-                except (BcoderError, TypeError) as exc:
-                    raise BcoderError(f"{file}:{lineno}: {exc}") from None
+    from bcoder_core.jsonl import read_jsonl_located
+
+    for file, lineno, d in read_jsonl_located(path, "problem", none="no such problem set"):
+        try:
+            yield Problem.from_json(d)
+        except (BcoderError, TypeError) as exc:
+            raise BcoderError(f"{file}:{lineno}: {exc}") from None
 
 
 def read_problems(path: str | Path) -> list[Problem]:

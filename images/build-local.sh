@@ -12,7 +12,7 @@
 #               no index (served on loopback while `docker build --network=host` runs).
 # 3. images:    images/trainer/Dockerfile -> bcoder-trainer:$TAG (CPU torch build argument),
 #               images/evaluator/Dockerfile -> bcoder-evaluator:$TAG.
-# 4. run:       tests/test_images.py: the evaluator image under gVisor (docker --runtime=runsc
+# 4. run:       tests/cluster/test_images.py: the evaluator image under gVisor (docker --runtime=runsc
 #               --network=none) on a small execute shard; the trainer image running the phi Job's
 #               torchrun command line on a tiny CPU model. --no-run skips this (CI runs pytest).
 #
@@ -192,6 +192,6 @@ docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^bcoder
 # 4. Run them: the image tests are the run steps (evaluator: an execute shard under gVisor;
 # trainer: the phi Job's torchrun command line on a tiny model), so CI and humans run the same.
 if [[ $RUN -eq 1 ]]; then
-  (cd "$REPO" && BCODER_IMAGE_TAG="$TAG" python3 -m pytest -q -p no:cacheprovider tests/test_images.py)
+  (cd "$REPO" && BCODER_IMAGE_TAG="$TAG" python3 -m pytest -q -p no:cacheprovider tests/cluster/test_images.py)
   log "images ran ($((SECONDS - START)) s total)"
 fi

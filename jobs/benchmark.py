@@ -13,6 +13,7 @@ def _run(cfg, *, out: str) -> None:
     from bcoder_core import storage
     from bcoder_core.benchmark import write_benchmark
 
+    storage.check_output(out, kind="benchmark")
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k in type(cfg).CLI_FLAGS}
     with storage.output_path(out, kind="benchmark", config=config) as path:
         info = write_benchmark(cfg, path)

@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         from bcoder_core.errors import BcoderError
         from bcoder_core.problems import write_problems
 
+        storage.check_output(out, kind="problems")  # before any data is read
         src = str(storage.input_path(source)) if source is not None else None
         result = load_dataset(dataset, src, split=split, name=name, strict=strict)
         for bad in result.skipped:

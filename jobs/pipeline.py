@@ -20,12 +20,19 @@ def run_pipeline(
     only: list[str] = typer.Option(
         [], "--only", help="Run only these stages (repeatable); others are untouched."
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Check committed outputs by sha256, not only sizes, before skipping them (verify=sha256).",
+    ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the pipeline config."),
 ) -> None:
     """Run benchmark, prepare, sft, sample, execute, annotate, phi, theta, rank, evaluate and report.
 
-    Stages whose output is already committed are skipped, so re-running resumes an interrupted run.
+    Stages whose output is already committed are skipped, so re-running resumes an interrupted run;
+    an output changed since its commit is removed and made again.
     """
+    from bcoder_core import storage
     from bcoder_core.config import load_config, save_config
     from bcoder_core.pipeline import PipelineConfig, run
     from bcoder_core.report import write_report
@@ -33,7 +40,10 @@ def run_pipeline(
     extra = list(overrides or [])
     if run_dir is not None:
         extra.append(f"run_dir={run_dir}")
+    if verify:
+        extra.append("verify=sha256")
     cfg = load_config(PipelineConfig, config, extra)
+    storage.check_output_root(cfg.run_dir)  # a file or a read-only place: one line, nothing written
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     run(cfg, echo=typer.echo, only=only)

@@ -1,3 +1,3 @@
-"""Shared fixtures. The real-server fixtures (SeaweedFS S3, Prometheus) live in ``tests/servers.py``."""
+"""Shared fixtures: the real servers (SeaweedFS S3, Prometheus) from ``helpers/servers.py``; helpers live in ``helpers/``."""
 
-from servers import prometheus_factory, s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures, used by name
+from helpers.servers import prometheus_factory, s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures, used by name

@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from bcoder_core.config import (
     STAGE_CONFIGS,
@@ -23,7 +24,6 @@ from bcoder_core.config import (
 )
 from bcoder_core.errors import BcoderError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "train"
 
 
@@ -168,3 +168,102 @@ def test_cli_show_config_and_error(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: <override>: unknown key optim.lrr"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Values out of range: one line naming the key and where the value came from (the file or <override>)
+
+_BASE = {"sft": {"output": "o", "problems": "p"}, "phi": {"output": "o", "transitions": "t"},
+         "theta": {"output": "o", "transitions": "t"}}  # fmt: skip
+
+RANGE_CHECKS = [
+    # stage, dotted key, bad value (as YAML), other keys in the file, the message after "<source>: "
+    ("phi", "optim.lr", "0", {}, "optim.lr must be > 0 (got 0.0)"),
+    ("phi", "optim.weight_decay", "-0.1", {}, "optim.weight_decay must be >= 0 (got -0.1)"),
+    ("phi", "optim.beta1", "1", {}, "optim.beta1 must lie in [0, 1) (got 1.0)"),
+    ("phi", "optim.beta2", "-0.5", {}, "optim.beta2 must lie in [0, 1) (got -0.5)"),
+    ("phi", "optim.eps", "0", {}, "optim.eps must be > 0 (got 0.0)"),
+    ("phi", "optim.warmup_steps", "-1", {}, "optim.warmup_steps must be >= 0 (got -1)"),
+    ("phi", "optim.grad_clip", "-1", {}, "optim.grad_clip must be >= 0 (got -1.0)"),
+    ("phi", "optim.value_head_lr_mult", "0", {}, "optim.value_head_lr_mult must be > 0 (got 0.0)"),
+    ("phi", "metrics.port", "0", {}, "metrics.port must lie in 1..65535 (got 0)"),
+    ("phi", "metrics.port", "65536", {}, "metrics.port must lie in 1..65535 (got 65536)"),
+    ("phi", "output", "''", {}, "output must be set (a local directory or s3://bucket/prefix)"),
+    ("phi", "max_source_tokens", "0", {}, "max_source_tokens must be >= 1 (got 0)"),
+    ("phi", "max_target_tokens", "0", {}, "max_target_tokens must be >= 1 (got 0)"),
+    ("phi", "batch_size", "0", {}, "batch_size must be >= 1 (got 0)"),
+    ("phi", "grad_accum", "0", {}, "grad_accum must be >= 1 (got 0)"),
+    ("phi", "max_steps", "0", {}, "max_steps must be >= 1 (got 0)"),
+    ("phi", "save_every", "-1", {}, "save_every must be >= 0 (got -1)"),
+    ("phi", "keep_checkpoints", "-1", {}, "keep_checkpoints must be >= 0 (got -1)"),
+    ("phi", "num_workers", "-1", {}, "num_workers must be >= 0 (got -1)"),
+    ("phi", "log_every", "0", {}, "log_every must be >= 1 (got 0)"),
+    ("phi", "dropout", "1", {}, "dropout must lie in [0, 1) (got 1.0)"),
+    ("phi", "dropout", "-0.1", {}, "dropout must lie in [0, 1) (got -0.1)"),
+    ("phi", "precision", "bf16", {"device": "cpu"},
+     "precision bf16 needs CUDA (device auto or cuda); on device cpu training runs in fp32"),
+    ("sft", "problems", "''", {}, "problems must be set (a problem set URI)"),
+    ("sft", "max_solutions_per_problem", "-1", {}, "max_solutions_per_problem must be >= 0 (got -1)"),
+    ("sft", "model.tokenizer", "train:100", {},
+     "model.tokenizer train:<vocab_size> needs an integer vocab_size >= 261 (got 'train:100')"),
+    ("sft", "model.tokenizer", "train:big", {},
+     "model.tokenizer train:<vocab_size> needs an integer vocab_size >= 261 (got 'train:big')"),
+    ("phi", "gamma", "0", {}, "gamma must lie in (0, 1] (got 0.0)"),
+    ("theta", "gamma", "1.5", {}, "gamma must lie in (0, 1] (got 1.5)"),
+    ("phi", "rho_real", "-0.1", {}, "rho_real must lie in [0, 1] (got -0.1)"),
+    ("theta", "rho_real", "1.5", {}, "rho_real must lie in [0, 1] (got 1.5)"),
+    ("phi", "transitions", "''", {}, "transitions must be set (the store `bcoder annotate` wrote)"),
+    ("theta", "model.tokenizer", "train:300", {},
+     "model.tokenizer 'train:300' is for sft only; use the tokenizer saved with model.init (auto)"),
+    ("theta", "beta_q", "-1", {}, "beta_q must be >= 0 (got -1.0)"),
+    ("theta", "beta_adv", "-0.1", {}, "beta_adv must be >= 0 (got -0.1)"),
+    ("theta", "beta_ce", "-0.5", {}, "beta_ce must be >= 0 (got -0.5)"),
+    ("theta", "beta_ce", "0", {"beta_q": 0.0, "beta_adv": 0.0},
+     "beta_ce must be > 0 when beta_q and beta_adv are 0 (the loss would be 0: nothing trains)"),
+    ("theta", "alpha", "0", {}, "alpha must be > 0 (got 0.0)"),
+]  # fmt: skip
+
+
+def _nested(key: str, value) -> dict:
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize(("stage", "key", "value", "others", "message"), RANGE_CHECKS)
+def test_value_out_of_range_names_the_key_and_its_source(tmp_path, stage, key, value, others, message):
+    import yaml
+
+    cls = STAGE_CONFIGS[stage]
+    base = _merge(_BASE[stage], others)
+    from_file = _write(tmp_path, yaml.safe_dump(_merge(base, _nested(key, yaml.safe_load(value)))))
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, from_file)
+    assert str(err.value) == f"{from_file}: {message}"
+    good_file = tmp_path / "good.yaml"
+    good_file.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, good_file, [f"{key}={value}"])
+    assert str(err.value) == f"<override>: {message}"
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides"),
+    [
+        (
+            "phi",
+            ["gamma=1", "rho_real=0", "dropout=0", "save_every=0", "keep_checkpoints=0", "num_workers=0"],
+        ),
+        ("theta", ["rho_real=1", "beta_q=0", "beta_adv=0", "precision=bf16"]),  # the ablation; bf16 on "auto"
+        ("theta", ["precision=bf16", "device=cuda", "optim.beta1=0", "optim.grad_clip=0"]),
+        ("sft", ["model.tokenizer=train:261", "max_solutions_per_problem=0"]),
+    ],
+)
+def test_values_at_the_edge_of_their_range_load(stage, overrides):
+    load_config(STAGE_CONFIGS[stage], None, [f"{k}={v}" for k, v in _BASE[stage].items()] + overrides)

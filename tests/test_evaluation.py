@@ -11,14 +11,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from problem_helpers import stdin_problem
+from helpers.paths import FIXTURES, REPO
+from helpers.problems import stdin_problem
 
 from bcoder_core.errors import BcoderError
 from bcoder_core.evaluation import evaluate, pass_at_k, render_markdown, top_k_solved
 from bcoder_core.problems import Problem, write_problems
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def _brute_force(n: int, c: int, k: int) -> Fraction:

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from bcoder_core import storage
 from bcoder_core.config import load_config
 from bcoder_core.pipeline import PipelineConfig, plan
 from bcoder_core.report import paired_gain
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 DEMO = REPO / "configs" / "demo.yaml"
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers.paths import FIXTURES
 
 from bcoder_core.data import load_apps, load_humaneval, load_mbpp
 from bcoder_core.errors import BcoderError
 from bcoder_core.problems import Problem, read_problems, write_problems
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _stdin(pid: str = "x/train/1", **kw) -> Problem:

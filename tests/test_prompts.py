@@ -6,14 +6,13 @@ import ast
 import dataclasses
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
+from helpers.paths import FIXTURES
 
 from bcoder_core.data import load_apps, load_humaneval, load_mbpp
 from bcoder_core.prompts import CHARS_PER_TOKEN, build_mbpp_prompt, build_prompt, reindent_with_tabs
 
-FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN = FIXTURES / "apps" / "train"
 APPS = {p.id: p for p in load_apps(TRAIN).problems}
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 from typer.testing import CliRunner
 
 from bcoder_core.benchmark import BenchmarkConfig
@@ -17,7 +17,6 @@ from bcoder_core.pipeline import PipelineConfig, plan
 from bcoder_core.rl.configs import AnnotateConfig, RankConfig, SamplingConfig
 from jobs.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 DEMO = REPO / "configs" / "demo.yaml"
 

@@ -10,13 +10,12 @@ import threading
 import time
 import types
 import urllib.request
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from bcoder_core import telemetry
 
-REPO = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {"stage", "term", "verdict"}
 
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import free_ports
-from train_fixtures import ENV, REPO, common, make_store, train_cmd, write_t5_config, write_yaml
+from helpers.servers import free_ports
+from helpers.training import ENV, REPO, common, make_store, train_cmd, write_t5_config, write_yaml
 
 STEPS = 600
 MONITORING = REPO / "k8s" / "monitoring"

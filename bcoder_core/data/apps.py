@@ -35,10 +35,11 @@ not text, a duplicate id) are reported by id with the reason and skipped (``stri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bcoder_core.data.common import Collector, LoadResult, iter_jsonl, natural_key
+from bcoder_core.data.common import Collector, LoadResult, natural_key
 from bcoder_core.data.examples import parse_examples
 from bcoder_core.errors import BcoderError
 
@@ -95,12 +96,7 @@ def load_apps_folder(
     out = Collector(strict)
     problem_dirs = sorted((c for c in folder.iterdir() if c.is_dir()), key=lambda c: natural_key(c.name))
     for d in problem_dirs:
-        record_id = f"{name}/{split}/{d.name}"
-        try:
-            fields = _folder_fields(d)
-            out.build(record_id, source=name, split=split, **_problem_fields(**fields))
-        except _Bad as exc:
-            out.bad(record_id, str(exc))
+        _keep(out, f"{name}/{split}/{d.name}", name, split, lambda d=d: _folder_fields(d))
     return out.result
 
 
@@ -116,22 +112,24 @@ def load_apps_jsonl(
             raise BcoderError(f"{path}: cannot tell the split from the file name; pass --split")
         split = stem
     out = Collector(strict)
-    for lineno, row, error in iter_jsonl(path):
-        if row is None:
-            out.bad(f"{path.name}:{lineno}", str(error))
-            continue
+    for where, row in out.rows(path):
         pid = row.get("problem_id")
         if pid is None or pid == "":
-            out.bad(f"{path.name}:{lineno}", "no problem_id")
+            out.bad(where, "no problem_id")
             continue
         folder = f"{int(pid):04d}" if str(pid).isdigit() else str(pid)
-        record_id = f"{name}/{split}/{folder}"
-        try:
-            fields = _row_fields(row)
-            out.build(record_id, source=name, split=split, **_problem_fields(**fields))
-        except _Bad as exc:
-            out.bad(record_id, str(exc))
+        _keep(out, f"{name}/{split}/{folder}", name, split, lambda row=row: _row_fields(row))
     return out.result
+
+
+def _keep(
+    out: Collector, record_id: str, name: str, split: str, fields: Callable[[], dict[str, Any]]
+) -> None:
+    """Build one problem from the raw fields ``fields()`` reads; a bad field makes it a bad record."""
+    try:
+        out.build(record_id, source=name, split=split, **_problem_fields(**fields()))
+    except _Bad as exc:
+        out.bad(record_id, str(exc))
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -7,14 +7,14 @@ A loader never drops a record silently (DESIGN §3.1): each bad record is kept i
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bcoder_core.errors import BcoderError
+from bcoder_core.jsonl import Line, iter_lines
 from bcoder_core.problems import Problem
 
 
@@ -64,6 +64,15 @@ class Collector:
         self._ids.add(problem.id)
         self.result.problems.append(problem)
 
+    def rows(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``("<file>:<line>", object)`` of each JSON object of ``path``; other lines are bad records."""
+        for lineno, row, error in iter_jsonl(path):
+            where = f"{path.name}:{lineno}"
+            if row is None:
+                self.bad(where, str(error))
+            else:
+                yield where, row
+
     def build(self, record_id: str, **fields: Any) -> None:
         """Construct a Problem from ``fields``; a validation failure is a bad record."""
         try:
@@ -77,28 +86,14 @@ class Collector:
         self.keep(problem)
 
 
-def open_text(path: Path):
-    """Open a text file, transparently gunzipping ``*.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+def _open(path: Path) -> BinaryIO:
+    """Open a file as bytes, transparently gunzipping ``*.gz``."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield ``(line number, object or None, error or None)`` for each non-blank line."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"not valid JSON ({exc.msg})"
-                continue
-            if not isinstance(obj, dict):
-                yield lineno, None, "not a JSON object"
-                continue
-            yield lineno, obj, None
+def iter_jsonl(path: Path) -> Iterator[Line]:
+    """Yield ``(line number, object or None, error or None)`` for each non-blank line (``*.gz`` too)."""
+    return iter_lines(path, _open)
 
 
 def natural_key(name: str) -> tuple:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bcoder_core.data.common import Collector, LoadResult, iter_jsonl
+from bcoder_core.data.common import Collector, LoadResult
 from bcoder_core.errors import BcoderError
 
 
@@ -40,13 +40,10 @@ def load_humaneval(source: str | Path | None = None, *, strict: bool = False) ->
     if not path.is_file():
         raise BcoderError(f"{path}: no such HumanEval file")
     out = Collector(strict)
-    for lineno, row, error in iter_jsonl(path):
-        if row is None:
-            out.bad(f"{path.name}:{lineno}", str(error))
-            continue
+    for where, row in out.rows(path):
         task_id = row.get("task_id")
         if not isinstance(task_id, str) or not task_id:
-            out.bad(f"{path.name}:{lineno}", "no task_id")
+            out.bad(where, "no task_id")
             continue
         record_id = f"humaneval/{task_id}"
         fields = {k: row.get(k) for k in ("prompt", "entry_point", "canonical_solution", "test")}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bcoder_core.data.common import Collector, LoadResult, iter_jsonl, normalize_newlines
+from bcoder_core.data.common import Collector, LoadResult, normalize_newlines
 from bcoder_core.errors import BcoderError
 
 SPLITS: dict[str, tuple[int, int]] = {
@@ -54,13 +54,10 @@ def load_mbpp(source: str | Path, *, split: str | None = None, strict: bool = Fa
     if split is not None and split not in SPLITS:
         raise BcoderError(f"--split {split!r}: MBPP splits are {', '.join(SPLITS)}")
     out = Collector(strict)
-    for lineno, row, error in iter_jsonl(path):
-        if row is None:
-            out.bad(f"{path.name}:{lineno}", str(error))
-            continue
+    for where, row in out.rows(path):
         task_id = row.get("task_id")
         if not isinstance(task_id, int) or isinstance(task_id, bool):
-            out.bad(f"{path.name}:{lineno}", "task_id is not an integer")
+            out.bad(where, "task_id is not an integer")
             continue
         record_id = f"mbpp/{task_id}"
         task_split = mbpp_split(task_id)

@@ -9,7 +9,9 @@ never on stdout, one JSON object per line, each carrying the job's nonce:
   ``{"kind": "test", "index": i, "status": "ok", "value": "<the returned value as JSON>"}`` or
   ``"status": "error"``, then ``{"kind": "done"}``. The value is compared in the parent, against
   expected outputs this process never had.
-* assert-based programs: ``loaded``, per assertion ``"status": "ok" | "fail" | "error"``, ``done``.
+* assert-based programs: ``loaded``, per assertion ``"status": "ok" | "fail" | "error"``, ``done``; a
+  test decided in the parent (:mod:`~bcoder_core.execution.checks`) carries ``"value"``: the typed JSON
+  list of the values of its expressions (a prefix, when one raised).
 
 The format is :mod:`bcoder_core.execution.protocol`'s (``channel_line``); the worker reads it back with
 :func:`bcoder_core.execution.replay.replay_channel`.
@@ -31,6 +33,7 @@ import os
 import sys
 import types
 
+from bcoder_core.execution.checks import encode_values
 from bcoder_core.execution.protocol import RunJob, channel_line
 
 # Imports the APPS harness puts before every program (and LeetCode/Codewars environments provide):
@@ -257,8 +260,11 @@ def run_call(job: RunJob, nonce: str, code, prelude, chan_fd: int) -> None:
         os._exit(0)
 
 
-def run_assert(nonce: str, code, prelude, chan_fd: int, setup_code, assert_codes: list) -> None:
-    """Program, then setup, then each assertion in the same namespace. Never returns."""
+def run_assert(
+    nonce: str, code, prelude, chan_fd: int, setup_code, assert_codes: list, max_output: int = 1 << 22
+) -> None:
+    """Program, then setup, then each test in the same namespace: an assertion's code object runs here;
+    a tuple of expressions is a test decided in the parent (:func:`_evaluate`). Never returns."""
     chan = _Channel(chan_fd, nonce)
     try:
         _setup_stdio()
@@ -276,6 +282,9 @@ def run_assert(nonce: str, code, prelude, chan_fd: int, setup_code, assert_codes
                 return
         chan.send("loaded")
         for i, snippet in enumerate(assert_codes):
+            if isinstance(snippet, tuple):
+                _evaluate(chan, i, snippet, ns, max_output)
+                continue
             try:
                 exec(snippet, ns)
                 chan.send("test", index=i, status="ok")
@@ -286,3 +295,27 @@ def run_assert(nonce: str, code, prelude, chan_fd: int, setup_code, assert_codes
         chan.send("done")
     finally:
         os._exit(0)
+
+
+def _evaluate(chan: _Channel, index: int, exprs: tuple, ns: dict, cap: int) -> None:
+    """A test decided in the parent: evaluate its expressions in order and send their values (typed
+    JSON, :mod:`checks`); the checks, and the expected values, never enter this process."""
+    values: list = []
+    status, error = "ok", None
+    for expr in exprs:
+        try:
+            values.append(eval(expr, ns))
+        except AssertionError as exc:
+            status, error = "fail", _describe(exc)
+            break
+        except BaseException as exc:
+            status, error = "error", _describe(exc)
+            break
+    try:
+        text = encode_values(values)
+    except BaseException as exc:
+        text, status, error = "[]", "error", _describe(exc)
+    if len(text) > cap:
+        chan.send("test", index=index, status="overflow")
+    else:
+        chan.send("test", index=index, status=status, value=text, error=error)

@@ -26,7 +26,9 @@ class ExecutionConfig:
     timeout_s: float = 4.0
     """Wall-clock limit per test (and for loading the program)."""
     memory_mb: int = 1024
-    """Address space a program may use beyond the worker's own size (RLIMIT_AS)."""
+    """A program's memory budget: a quarter (at least 8 MB) is its private tmpfs /tmp, the rest the address
+    space it may use beyond the worker's own size (RLIMIT_AS); a cgroup v2 ``memory.max`` per worker
+    bounds both where one can be had (``sandbox.join_memory_cgroup``)."""
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes running programs in parallel."""
     sandbox: str = "process"

@@ -213,6 +213,12 @@ class Executor:
             )
             if not ok
         ]
+        if not str(iso.get("fs_view", "")).startswith("allow-list"):
+            missing.append(
+                f"the allow-listed file-system view ({iso.get('fs_view')}: programs see the host's files)"
+            )
+        if not iso.get("pidns"):
+            missing.append("a PID namespace (programs can list the host's processes)")
         if missing:
             log.warning(
                 "execution sandbox %s: running without %s (not permitted here)",

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bcoder_core.errors import BcoderError
+from bcoder_core.execution.checks import ParentTest, decode_values, judge_values, parent_test
 from bcoder_core.execution.child import APPS_PRELUDE, APPS_PRELUDE_NUMPY
 from bcoder_core.execution.compare import COMPARE_MODES
 from bcoder_core.execution.config import ExecutionConfig
@@ -88,8 +89,15 @@ def build_job(problem, code: str, config: ExecutionConfig, job_id: int = 1) -> t
         job = RunJob(**common, inputs=inputs, fn_name=problem.fn_name, prelude=prelude)
         return job, list(tests.get("outputs", []))
     if problem.format == "assert":
-        asserts = list(tests.get("asserts", []))
-        return RunJob(**common, asserts=asserts, setup=tests.get("setup") or ""), [None] * len(asserts)
+        # The tests of a common shape are decided here: the worker gets the expressions to evaluate and
+        # none of the expected values (checks.py); the rest run as assertions in the program's process.
+        asserts: list = []
+        expected: list = []
+        for source in tests.get("asserts", []):
+            decided = parent_test(source) if isinstance(source, str) else None
+            asserts.append({"eval": list(decided.exprs)} if decided else source)
+            expected.append(decided)
+        return RunJob(**common, asserts=asserts, setup=tests.get("setup") or ""), expected
     raise BcoderError(f"problem {problem.id!r}: unknown format {problem.format!r}")  # pragma: no cover
 
 
@@ -102,6 +110,8 @@ def _test_passed(problem, report: TestReport, expected: Any, compare: str) -> bo
         except (ValueError, RecursionError):
             value = {"__bcoder_unrepresentable__": "invalid JSON"}
         return COMPARE_MODES[compare].value_equal(value, expected)
+    if isinstance(expected, ParentTest):
+        return judge_values(expected, decode_values(report.value))[0]
     return True
 
 
@@ -124,11 +134,19 @@ def _verdict(
         if not 0 <= i < total or i in seen:
             raise ExecutionError(f"worker reported an unexpected test index {i!r}")
         seen.add(i)
+        decided = expected[i] if isinstance(expected[i], ParentTest) else None
+        if decided is not None and r.status in ("fail", "error"):
+            # The values before the one that raised: a wrong one among them is where the assertions,
+            # run in order, would have stopped.
+            _, first_wrong = judge_values(decided, decode_values(r.value))
+            if first_wrong is not None:
+                wrong = wrong or f"test {i}: assertion failed (check {first_wrong})"
+                continue
         if r.status == "ok":
             if _test_passed(problem, r, expected[i], config.compare):
                 passed += 1
             else:
-                wrong = wrong or f"test {i}: wrong answer"
+                wrong = wrong or f"test {i}: " + ("assertion failed" if decided else "wrong answer")
         elif r.status == "fail":
             why = f" ({r.error})" if r.error and r.error != "AssertionError" else ""
             wrong = wrong or f"test {i}: assertion failed{why}"

@@ -62,7 +62,9 @@ class RunJob:
     """stdin texts (``stdin``) or argument lists (``call``)."""
     fn_name: str | None = None
     asserts: list | None = None
-    """Assertion sources (``assert``)."""
+    """Per test (``assert``): an assertion's source, run in the program's process; or ``{"eval":
+    [expression, ...]}``, a test decided in the parent (:mod:`~bcoder_core.execution.checks`): only the
+    expressions to evaluate, never the expected values."""
     setup: str = ""
 
 
@@ -95,7 +97,8 @@ class TestReport:
     stdout: str | None = None
     """What a stdin program printed (status ``ok``)."""
     value: str | None = None
-    """The returned value as JSON text (call format, status ``ok``)."""
+    """The returned value as JSON text (call format, status ``ok``); the typed values of a test decided
+    in the parent (assert format)."""
     error: str | None = None
 
 

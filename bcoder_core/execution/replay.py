@@ -95,7 +95,7 @@ def replay_channel(
     lines: Sequence[tuple[float, ChannelMessage | None]],
     *,
     n_tests: int,
-    returns_value: bool,
+    returns_value: bool | Sequence[bool],
     started: float,
     ending: Ending,
     status: int | None,
@@ -106,7 +106,8 @@ def replay_channel(
     ``lines``: each line read from the channel, as :func:`~protocol.parse_channel_line` read it (None:
     not the harness's), with the monotonic time it arrived; the last one may have lacked its newline
     (the process ended mid-write). ``returns_value``: call format (an ``ok`` test
-    carries the returned value); ``started``: when the process was started; ``ending``, ``status``,
+    carries the returned value), or per test (assert format: the tests decided in the parent carry their
+    values, also a prefix of them with ``fail``/``error``); ``started``: when the process was started; ``ending``, ``status``,
     ``ended_at``: how and when the wait for it ended and its wait status.
 
     The expected sequence is ``loaded``, then ``test`` 0, 1, … ``n_tests - 1``, then ``done``; or one
@@ -137,7 +138,8 @@ def replay_channel(
         if m.status not in ("ok", "fail", "error", "overflow"):
             return broken(GARBAGE)
         value = None
-        if m.status == "ok" and returns_value:
+        carries = returns_value if isinstance(returns_value, bool) else returns_value[m.index]
+        if carries and (m.status == "ok" or m.value is not None):
             if not isinstance(m.value, str):
                 return broken(GARBAGE)
             value = m.value

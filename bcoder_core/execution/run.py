@@ -9,13 +9,12 @@ end; a local one is written in place and gets its manifest at the end.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from bcoder_core.execution.executor import Executor
 from bcoder_core.execution.judge import VERDICTS
 
 SAMPLE_KEYS = ("problem_id", "sample_id", "code")
-ISOLATION_SHOWN = ("netns", "mountns", "user", "hidden")
+ISOLATION_SHOWN = ("fs_view", "pidns", "proc", "tmp_mb", "memory_cgroup", "netns", "user", "hidden")
 
 
 @dataclass(frozen=True)
@@ -66,21 +65,78 @@ def _results_file(out_uri: str) -> Iterator[Path]:
     if not storage.is_s3(out_uri):
         local = Path(out_uri)
         local.parent.mkdir(parents=True, exist_ok=True)
-        # The file is about to change: a manifest describing it now would lie until the end.
-        Path(str(local) + storage.FILE_MANIFEST_SUFFIX).unlink(missing_ok=True)
         local.touch()
         yield local
         return
-    staging = Path(tempfile.mkdtemp(prefix="bcoder-execute-"))
-    try:
+    with storage.scratch_dir("execute") as staging:
         local = staging / Path(out_uri.rstrip("/")).name
         with contextlib.suppress(BcoderError):  # nothing there yet: start from scratch
             if storage.exists(out_uri):
                 local.write_bytes(storage.input_path(out_uri).read_bytes())
         local.touch()
         yield local
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _digest(items: Iterable[object]) -> str:
+    """sha256 of JSON items in order: what a resume must run again is the same samples on the same tests."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _run_file(results: Path) -> Path:
+    """Beside a results file while a run writes it: the inputs and settings of that run (for a resume
+    after a kill, when there is no manifest yet)."""
+    return results.with_name(results.name + ".run.json")
+
+
+def _previous_run(out_uri: str) -> dict | None:
+    """Inputs and settings of the run that wrote what is at ``out_uri`` (its manifest, or the run file
+    a killed run left); None when nothing says."""
+    from bcoder_core import storage
+
+    with contextlib.suppress(BcoderError):
+        config = storage.read_manifest(out_uri).get("config")
+        if isinstance(config, dict):
+            return config
+    if not storage.is_s3(out_uri):
+        with contextlib.suppress(OSError, ValueError):
+            config = json.loads(_run_file(Path(out_uri)).read_text(encoding="utf-8"))
+            if isinstance(config, dict):
+                return config
+    return None
+
+
+_BY_CONTENT = ("problems", "samples")
+"""Input URIs: a moved file may be resumed; they are compared by their content's sha256 instead."""
+
+
+def _check_resume(
+    out_uri: str,
+    previous: dict | None,
+    current: dict,
+    done: set[tuple[str, str]],
+    wanted: set[tuple[str, str]],
+) -> None:
+    """Resume only into results of the same inputs and settings; otherwise one line saying what differs."""
+    fresh = f"use another --out, or delete {out_uri} to start afresh"
+    if previous is None:
+        _note(f"warning: {out_uri} has results but no record of the run that wrote them; resuming as is")
+    else:
+        for key in sorted(set(previous) | set(current)):
+            if key in _BY_CONTENT:
+                continue
+            if key in current and key in previous and previous[key] != current[key]:
+                raise BcoderError(
+                    f"{out_uri}: cannot resume: {key} was {previous[key]!r}, now {current[key]!r} ({fresh})"
+                )
+    stray = done - wanted
+    if stray:
+        pid, sid = (json.loads(x) for x in sorted(stray)[0])
+        raise BcoderError(
+            f"{out_uri}: cannot resume: holds {len(stray)} result(s) of samples not in this run, e.g. {pid}/{sid} ({fresh})"
+        )
 
 
 def _progress(total: int, enabled: bool):
@@ -103,15 +159,16 @@ def run_execute(
     before anything runs; a framework failure raises :class:`ExecutionError` (a local ``out_uri`` keeps
     the results written so far, for a resume)."""
     from bcoder_core import storage
-    from bcoder_core.jsonl import read_jsonl, recover_jsonl
+    from bcoder_core.jsonl import read_keyed, recover_jsonl
     from bcoder_core.problems import read_problems
     from bcoder_core.shards import parse_shard, shard_items
 
     shard_spec = parse_shard(shard)
+    storage.check_output(out_uri, kind="results", resume=True)  # before any work; a killed run resumes
     problems = read_problems(storage.input_path(problems_uri))
     by_id = {p.id: p for p in problems}
     in_shard = {p.id for p in shard_items(problems, shard_spec)}
-    samples = list(read_jsonl(storage.input_path(samples_uri), "sample", required=SAMPLE_KEYS))
+    samples = list(read_keyed(storage.input_path(samples_uri), "sample", required=SAMPLE_KEYS))
     for s in samples:
         if s["problem_id"] not in by_id:
             raise BcoderError(
@@ -121,11 +178,21 @@ def run_execute(
     manifest_config = {"problems": problems_uri, "samples": samples_uri, "shard": shard}
     for key in ("timeout_s", "program_timeout_s", "memory_mb", "sandbox", "compare", "tests"):
         manifest_config[key] = getattr(config, key)
+    manifest_config["samples_sha256"] = _digest([s["problem_id"], s["sample_id"], s["code"]] for s in wanted)
+    manifest_config["problems_sha256"] = _digest(p.to_json() for p in problems if p.id in in_shard)
+    previous = _previous_run(out_uri)
 
     counts: Counter[str] = Counter()
     started = time.monotonic()
     with _results_file(out_uri) as local:
         done = {result_key(r) for r in recover_jsonl(local, "result", required=("problem_id", "sample_id"))}
+        if done:
+            _check_resume(out_uri, previous, manifest_config, done, {result_key(s) for s in wanted})
+        if not storage.is_s3(out_uri):
+            # The file is about to change: a manifest describing it now would lie until the end; the run
+            # file says what it is being made from, for a resume after a kill.
+            Path(str(local) + storage.FILE_MANIFEST_SUFFIX).unlink(missing_ok=True)
+        _run_file(local).write_text(json.dumps(manifest_config) + "\n", encoding="utf-8")
         todo = [s for s in wanted if result_key(s) not in done]
         resumed = len(wanted) - len(todo)
         if resumed:
@@ -144,6 +211,7 @@ def run_execute(
                         counts[r["verdict"]] += 1
                         bar.update(1)
         storage.publish(local, out_uri, kind="results", config=manifest_config)
+        _run_file(local).unlink(missing_ok=True)
     return ExecuteSummary(
         out=out_uri, counts=dict(counts), resumed=resumed, seconds=time.monotonic() - started
     )

@@ -8,11 +8,13 @@ Two layers on one machine:
   user-space kernel between the worker and the host). :func:`worker_command` builds the command line.
 
 * **per program**, inside the boundary, done by the worker itself:
-  - once per worker (:func:`setup_worker`): a new network namespace (only a loopback that is down),
-    a new mount namespace with private tmpfs over every world-writable directory (/tmp, /var/tmp,
-    /dev/shm, /run/lock) and over directories that hold secrets (/root, /home) with only the Python
-    installation bound back in, new IPC and UTS namespaces, non-dumpable (no ptrace, no core, its
-    /proc files are root's), a child subreaper (orphans of a program come back to the worker);
+  - once per worker (:func:`setup_worker`): a cgroup v2 with ``memory.max`` where one is delegated
+    (:func:`join_memory_cgroup`); a new network namespace (only a loopback that is down), new IPC and
+    UTS namespaces; a new PID namespace whose PID 1 is the worker (:func:`_enter_pid_namespace`); a
+    new mount namespace whose root is an allow-listed, read-only view (:func:`build_view`: the
+    interpreter, stdlib, its libraries, ``CHILD_PACKAGES`` of site-packages, a few devices, a fresh
+    /proc with ``hidepid=2``, one private tmpfs /tmp sized within the program's memory budget); non-
+    dumpable (no ptrace, no core, its /proc files are root's), a child subreaper;
   - for every program process (:func:`enter_child`): a new session and process group, a fresh
     temporary working directory, rlimits (address space relative to the worker's own size, CPU
     seconds, processes, file size, open files, no core files), a scrubbed environment, no new
@@ -24,20 +26,20 @@ Two layers on one machine:
     orphan re-parented to the worker; then all are reaped.
 
 Everything that cannot be had here (no root, no namespaces inside a container that forbids them) is
-skipped and recorded in the isolation report that the worker sends back; the executor logs it.
+skipped and recorded in the isolation report that the worker sends back (``fs_view`` says
+``host (fall-back: …)``, ``pidns`` False, ``memory_cgroup`` why not); the executor logs it.
 
 Residual risks, stated honestly:
 
 * Without root, programs run as the worker's own user: they can signal the worker, and only the
-  process group and orphan sweeps clean up after them. Use ``bwrap`` or ``gvisor`` (or run as root
-  inside the container) for hostile code.
-* In ``process`` mode the program sees the host's file system read-only as its user sees it: files
-  readable by everyone (for example a problem file with hidden tests) can be read. ``bwrap`` shows
-  only the system directories and the Python installation.
-* For assert-based problems the assertions necessarily run in the program's own process; a
-  determined program can forge the harness's messages on the private channel or neutralise ``assert``
-  (the same is true of every assert-based harness, HumanEval's included). Call-based and stdin problems
-  are compared in the trusted parent, on plain data, against expected values the program never sees.
+  process group and orphan sweeps clean up after them; without namespaces they see the host's file
+  system as that user does (the previous deny-list: private /tmp, /root and /home hidden).
+* Under gVisor the view's binds cannot be remounted read-only (writes stay in the ``runsc do``
+  overlay) and ``hidepid`` is ignored (a program sees PID 1, the worker).
+* Assertions of shapes that :mod:`~bcoder_core.execution.checks` does not decide in the parent run in
+  the program's own process; a determined program can forge those results on the private channel.
+  Call-based, stdin and parent-decided assert tests are compared in the trusted parent, on plain data,
+  against expected values the program never sees.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import glob
 import os
 import resource
 import shutil
@@ -144,7 +147,10 @@ def python_paths() -> list[str]:
     for p in sys.path:
         if p and os.path.isdir(p):
             paths.add(os.path.realpath(p))
-    return sorted(paths)
+    # The checkout (on sys.path as the package root, a tests dir under pytest) holds problem sets and
+    # fixtures: only its bcoder_core package is ever bound (by the callers), never the rest of it.
+    checkout = package_root().rstrip("/")
+    return sorted(p for p in paths if p != checkout and not p.startswith(checkout + "/"))
 
 
 def package_root() -> str:
@@ -290,44 +296,347 @@ def _open_traverse(path: str, report: dict) -> None:
             report.setdefault("failed", []).append(f"chmod {anc}")
 
 
-def setup_worker(*, tmp_size_mb: int = 512, fs_overlay: bool = False) -> dict:
-    """Isolate this worker once (namespaces, private /tmp, hidden secrets). Returns what was achieved."""
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 0x1
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+VIEW_ROOT = "/tmp"
+"""Where the private root is assembled (a tmpfs over it, in the worker's own mount namespace)."""
+CHILD_PACKAGES = ("numpy", "numpy.libs", "sortedcontainers")
+"""Third-party packages programs may import (the only entries of site-packages in their view)."""
+DEVICES = ("null", "zero", "full", "random", "urandom")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def tmp_budget_mb(memory_mb: int) -> int:
+    """The part of a program's memory budget that its private /tmp may hold (the rest is address space):
+    files in a tmpfs are memory, so the two together stay within ``memory_mb``."""
+    return max(8, memory_mb // 4)
+
+
+def _site_dirs() -> list[str]:
+    import site
+
+    dirs = set(site.getsitepackages())
+    dirs |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    return sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
+
+
+def _mapped_files() -> list[str]:
+    """Shared objects this process has loaded (the interpreter's libraries, numpy's when preloaded)."""
+    found = set()
+    with contextlib.suppress(OSError), open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith("/") and ".so" in parts[5]:
+                path = parts[5].strip()
+                if os.path.isfile(path):
+                    found.add(path)
+    return sorted(found)
+
+
+def view_paths() -> tuple[list[str], list[str]]:
+    """(paths bound read-only into a program's view, site-packages dirs emptied to the allow-list).
+
+    The interpreter, the standard library and lib-dynload, the shared libraries the interpreter loads
+    and the directories they come from (a later import may load a sibling), the loader's cache. Never
+    the checkout, the run directory, a data directory, /home, /root, /etc, /run: a program's view holds
+    only what running Python needs.
+    """
+    import sysconfig
+
+    paths = {os.path.realpath(sys.executable), sys.executable}
+    for key in ("stdlib", "platstdlib"):
+        p = sysconfig.get_paths().get(key)
+        if p and os.path.isdir(p):
+            paths.add(os.path.realpath(p))
+    dynload = os.path.join(sysconfig.get_paths().get("platstdlib", ""), "lib-dynload")
+    if os.path.isdir(dynload):
+        paths.add(os.path.realpath(dynload))
+    sites = _site_dirs()
+    for lib in _mapped_files():
+        site = next((d for d in sites if lib.startswith(d + "/")), None)
+        if site is not None and lib[len(site) + 1 :].split("/")[0] not in CHILD_PACKAGES:
+            continue  # a package the worker itself uses (yaml's C extension): not the programs' business
+        paths.add(os.path.dirname(lib))
+        paths.add(os.path.dirname(os.path.realpath(lib)))
+    if os.path.isfile("/etc/ld.so.cache"):
+        paths.add("/etc/ld.so.cache")
+    # The ELF interpreter under the name executables ask for (a program may start Python again).
+    paths.update(p for p in glob.glob("/lib*/ld-linux*.so*") if os.path.isfile(p))
+    for d in sites:
+        for name in CHILD_PACKAGES:
+            if os.path.exists(os.path.join(d, name)):
+                paths.add(os.path.join(d, name))
+    # A site-packages dir that would come in whole (it lies inside the stdlib dir, or holds a library)
+    # is emptied: only CHILD_PACKAGES go back in.
+    masked = [d for d in sites if any(d == p or d.startswith(p.rstrip("/") + "/") for p in paths)]
+    return sorted(paths), masked
+
+
+def _in_root(root: str, path: str, *, is_dir: bool) -> str | None:
+    """Create the mount point of host ``path`` under ``root``, reproducing the symlinks on the way (a
+    library found through /lib -> usr/lib is found the same way inside); its path under ``root``."""
+    parts = [p for p in path.split("/") if p]
+    host = "/"
+    for k, part in enumerate(parts):
+        host = os.path.join(host, part)
+        inside = root + host
+        last = k == len(parts) - 1
+        if os.path.islink(host):
+            if not os.path.lexists(inside):
+                os.symlink(os.readlink(host), inside)
+            # Follow the link as written (not its realpath), so that links on its way are made too.
+            target = os.path.normpath(os.path.join(os.path.dirname(host), os.readlink(host)))
+            rest = "/".join(parts[k + 1 :])
+            return _in_root(root, os.path.join(target, rest) if rest else target, is_dir=is_dir)
+        if last and not is_dir:
+            if not os.path.exists(inside):
+                open(inside, "w").close()
+        elif not os.path.isdir(inside):
+            os.mkdir(inside, 0o755)
+    return root + host if parts else root
+
+
+def _bind_ro(src: str, dst: str) -> bool:
+    """A read-only bind mount; False when it could not be had (gVisor refuses the read-only remount:
+    there, writes go to the ``runsc do`` overlay, never to the host)."""
+    if _mount(src, dst, None, MS_BIND, None):
+        return False
+    _mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    return True
+
+
+def _pivot(root: str) -> str:
+    """Make ``root`` the root of this mount namespace; how (``pivot_root`` or ``chroot``)."""
+    import platform
+
+    nr = SYS_PIVOT_ROOT.get(platform.machine())
+    old = os.path.join(root, ".old")
+    os.mkdir(old, 0o700)
+    if nr is not None and libc().syscall(ctypes.c_long(nr), root.encode(), old.encode()) == 0:
+        os.chdir("/")
+        _call("umount2", b"/.old", MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir("/.old")
+        return "pivot_root"
+    # gVisor has no pivot_root: chroot, which programs (unprivileged, no CAP_SYS_CHROOT) cannot undo.
+    os.chroot(root)
+    os.chdir("/")
+    with contextlib.suppress(OSError):
+        os.rmdir("/.old")
+    return "chroot"
+
+
+def build_view(tmp_mb: int, report: dict) -> bool:
+    """Replace this mount namespace's root by an allow-listed, read-only view (DESIGN §4): the paths of
+    :func:`view_paths`, a fresh /proc, a few devices, and one private tmpfs of ``tmp_mb`` for /tmp
+    (also /var/tmp and /dev/shm). False, with the reason in ``report``, when it could not be built."""
+    paths, masked = view_paths()
+    root = VIEW_ROOT
+    if _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755"):
+        report["fs_view_error"] = "tmpfs for the private root refused"
+        return False
+    try:
+        # Mount points of the masks first: a bind below fills them, a mask would hide later binds.
+        for p in sorted(paths, key=lambda x: x.count("/")):
+            if not os.path.exists(p):
+                continue
+            dst = _in_root(root, p, is_dir=os.path.isdir(p))
+            if dst is not None and not _bind_ro(os.path.realpath(p), dst):
+                report.setdefault("fs_view_failed", []).append(p)
+            # Paths go in by depth, so a mask lands before the CHILD_PACKAGES bound below it.
+            real = os.path.realpath(p).rstrip("/")
+            for d in masked:
+                mask = root + d
+                inside = d == real or d.startswith(real + "/")
+                fresh = inside and os.path.isdir(mask) and not os.path.ismount(mask)
+                if fresh and _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755"):
+                    raise OSError(f"cannot mask {d}")
+        os.makedirs(root + "/tmp", mode=0o755, exist_ok=True)
+        if _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777"):
+            raise OSError("tmpfs for /tmp refused")
+        os.makedirs(root + "/var", mode=0o755, exist_ok=True)
+        os.symlink("/tmp", root + "/var/tmp")
+        os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
+        for name in DEVICES:
+            if os.path.exists(f"/dev/{name}"):
+                open(f"{root}/dev/{name}", "w").close()
+                _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND, None)
+        os.symlink("/tmp", root + "/dev/shm")
+        for k, name in enumerate(("stdin", "stdout", "stderr")):
+            os.symlink(f"/proc/self/fd/{k}", f"{root}/dev/{name}")
+        os.symlink("/proc/self/fd", root + "/dev/fd")
+        os.mkdir(root + "/proc", 0o555)
+        # A fresh proc of this PID namespace; hidepid: a program sees only its own processes.
+        proc = "private" if report.get("pidns") else "host pids"
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        if _mount("proc", root + "/proc", "proc", flags, "hidepid=2") == 0:
+            report["proc"] = proc + ", hidepid=2"
+        elif _mount("proc", root + "/proc", "proc", flags, None) == 0:
+            report["proc"] = proc
+        else:
+            report["proc"] = "none"
+    except (OSError, RecursionError, ValueError) as exc:  # RecursionError: a symlink loop
+        report["fs_view_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        _call("umount2", root.encode(), MNT_DETACH)
+        return False
+    report["fs_view"] = "allow-list (" + _pivot(root) + ")"
+    # Nothing may be added to the root itself afterwards (also by the worker, by mistake).
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=16m,mode=755")
+    report["private_tmp"] = ["/tmp"]
+    report["tmp_mb"] = tmp_mb
+    return True
+
+
+# ------------------------------------------------------------------------------ memory cgroup (v2)
+
+
+def join_memory_cgroup(limit_bytes: int, root: str = CGROUP_ROOT) -> str:
+    """Move this worker into a cgroup v2 of its own with ``memory.max`` = ``limit_bytes`` (programs,
+    their processes and their tmpfs files are charged to it); the cgroup's path, or why not.
+
+    Applies where this process's cgroup (``/proc/self/cgroup``, ``0::``) is on a cgroup v2 hierarchy
+    that is writable and has the memory controller enabled for its children (a delegated subtree:
+    systemd ``Delegate=yes``, a writable cgroup namespace). Elsewhere (cgroup v1, no memory controller,
+    a read-only /sys/fs/cgroup) it does nothing and says so.
+    """
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return "unavailable: no cgroup v2 hierarchy at " + root
+    own = None
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                own = line[3:].strip()
+    if own is None:
+        return "unavailable: this process is in no cgroup v2"
+    base = os.path.join(root, own.lstrip("/"))
+    try:
+        with open(os.path.join(base, "cgroup.subtree_control")) as f:
+            enabled = f.read().split()
+        if "memory" not in enabled:
+            with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+                f.write("+memory")
+        path = os.path.join(base, f"bcoder-worker-{os.getpid()}")
+        os.mkdir(path)
+        with open(os.path.join(path, "memory.max"), "w") as f:
+            f.write(str(limit_bytes))
+        with contextlib.suppress(OSError), open(os.path.join(path, "memory.swap.max"), "w") as f:
+            f.write("0")
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    return path
+
+
+def leave_memory_cgroup(path: str) -> None:
+    """Back to the parent cgroup, and remove the worker's (once its programs are gone)."""
+    with contextlib.suppress(OSError):
+        with open(os.path.join(os.path.dirname(path), "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        os.rmdir(path)
+
+
+# ------------------------------------------------------------------------------------ PID namespace
+
+
+def _enter_pid_namespace() -> bool:
+    """Make the rest of the worker PID 1 of a new PID namespace. This process stays outside as a shim
+    that waits for it and exits with its status; when the worker dies, the kernel kills every program
+    left in its namespace. False when not permitted (no root, no user namespace)."""
+    if _call("unshare", CLONE_NEWPID):
+        return False
+    pid = os.fork()
+    if pid == 0:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        return True
+    # The shim: it holds no descriptor of the protocol (the executor sees the worker's end only).
+    os.closerange(0, 1 << 20)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: os.kill(pid, signal.SIGKILL))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            status = 0
+            break
+    cgroup = os.environ.get("_BCODER_CGROUP")
+    if cgroup:
+        leave_memory_cgroup(cgroup)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def setup_worker(*, tmp_size_mb: int = 256, memory_limit_bytes: int = 0, fs_overlay: bool = False) -> dict:
+    """Isolate this worker once (namespaces, the allow-listed file-system view, private /tmp, a PID
+    namespace, a memory cgroup). Returns what was achieved; what was not is in it too, with the reason."""
     report: dict = {"root": os.geteuid() == 0}
-    # Orphans of a program re-parent to the worker, never above it: every process a program starts stays
-    # in the worker's subtree, where kill_strays finds it.
-    report["subreaper"] = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 and os.path.exists(
-        f"/proc/self/task/{os.getpid()}/children"
-    )
+    if memory_limit_bytes:
+        report["memory_cgroup"] = join_memory_cgroup(memory_limit_bytes)
+        if report["memory_cgroup"].startswith("/"):
+            os.environ["_BCODER_CGROUP"] = report["memory_cgroup"]
     report["netns"] = _call("unshare", CLONE_NEWNET) == 0
     report["ipc_uts_ns"] = _call("unshare", CLONE_NEWIPC | CLONE_NEWUTS) == 0
+    report["pidns"] = _enter_pid_namespace()
+    os.environ.pop("_BCODER_CGROUP", None)
+    # Orphans of a program re-parent to the worker, never above it (PID 1 of its namespace gets them
+    # anyway): every process a program starts stays in the worker's subtree, where kill_strays finds it.
+    subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
     report["mountns"] = _call("unshare", CLONE_NEWNS) == 0
+    view = False
     if report["mountns"]:
         _mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # gVisor answers EINVAL: it has no propagation
-        tmpfs = []
-        for d in WORLD_WRITABLE_DIRS:
-            if not os.path.isdir(d) or os.path.islink(d):
-                continue
-            if _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_size_mb}m,mode=1777") == 0:
-                tmpfs.append(d)
-        report["private_tmp"] = tmpfs
-        needed = [*python_paths(), str(Path(package_root()) / "bcoder_core")]
-        stage_root = "/tmp/.bcoder-stage"
-        if "/tmp" in tmpfs:
-            for hidden in SECRET_DIRS:
-                if not os.path.isdir(hidden) or os.path.islink(hidden):
-                    continue
-                under = [p for p in needed if p == hidden or p.startswith(hidden.rstrip("/") + "/")]
-                if hidden in under:
-                    continue  # Python lives right there: cannot hide it
-                _bind_back(hidden, under, os.path.join(stage_root, hidden.strip("/")), report)
-                if hidden not in report.get("hidden", []) and fs_overlay:
-                    for p in under:
-                        _open_traverse(p, report)
-            with contextlib.suppress(OSError):
-                shutil.rmtree(stage_root)
+        view = build_view(tmp_size_mb, report)
+        if not view:
+            _fallback_view(tmp_size_mb, fs_overlay, report)
+    if not view:
+        why = report.get("fs_view_error") or "no mount namespace (not permitted here)"
+        report["fs_view"] = f"host (fall-back: {why})"
+        if "proc" not in report:
+            report["proc"] = "host"
+    report["subreaper"] = subreaper and any(
+        os.path.exists(f"/proc/self/task/{t}/children") for t in _listdir("/proc/self/task")
+    )
     # No ptrace of the worker, its /proc files (environ, mem, fds) become root's.
     report["nondumpable"] = prctl(PR_SET_DUMPABLE, 0) == 0
     return report
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _fallback_view(tmp_mb: int, fs_overlay: bool, report: dict) -> None:
+    """Today's deny-list, where the allow-listed view cannot be built: one private tmpfs (of the
+    program's /tmp budget) over every world-writable directory, /root and /home hidden."""
+    tmpfs = []
+    if _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777") == 0:
+        tmpfs.append("/tmp")
+        for d in WORLD_WRITABLE_DIRS[1:]:
+            if os.path.isdir(d) and not os.path.islink(d) and _mount("/tmp", d, None, MS_BIND, None) == 0:
+                tmpfs.append(d)
+    report["private_tmp"] = tmpfs[:1]
+    report["tmp_mb"] = tmp_mb
+    needed = [*python_paths(), str(Path(package_root()) / "bcoder_core")]
+    stage_root = "/tmp/.bcoder-stage"
+    if "/tmp" in tmpfs:
+        for hidden in SECRET_DIRS:
+            if not os.path.isdir(hidden) or os.path.islink(hidden):
+                continue
+            under = [p for p in needed if p == hidden or p.startswith(hidden.rstrip("/") + "/")]
+            if hidden in under:
+                continue  # Python lives right there: cannot hide it
+            _bind_back(hidden, under, os.path.join(stage_root, hidden.strip("/")), report)
+            if hidden not in report.get("hidden", []) and fs_overlay:
+                for p in under:
+                    _open_traverse(p, report)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stage_root)
 
 
 def can_switch_user(uid: int) -> bool:

@@ -99,6 +99,7 @@ class Worker:
         self.settings = settings
         self.uid = settings.uid
         self.isolation: dict = {}
+        self.tmp_mb = sandbox.tmp_budget_mb(settings.memory_mb)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
@@ -131,7 +132,8 @@ class Worker:
     # ------------------------------------------------------------------------------------ children
     def limits(self, program_timeout_s: float) -> dict:
         return {
-            "as_bytes": sandbox.vm_size_bytes() + self.settings.memory_mb * 1024 * 1024,
+            # The budget is shared with the private /tmp (files there are memory too).
+            "as_bytes": sandbox.vm_size_bytes() + (self.settings.memory_mb - self.tmp_mb) * 1024 * 1024,
             "cpu_s": int(program_timeout_s) + 2,
             "nproc": self.settings.max_processes,
             "fsize_bytes": self.settings.max_file_mb * 1024 * 1024,
@@ -328,10 +330,16 @@ class Worker:
             asserts = []
             for k, a in enumerate(job.asserts or []):
                 try:
-                    asserts.append(compile(a, f"test_{k}.py", "exec"))
+                    if isinstance(a, dict):
+                        exprs = a.get("eval")
+                        if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
+                            raise ValueError("malformed test")
+                        asserts.append(tuple(compile(e, f"test_{k}.py", "eval") for e in exprs))
+                    else:
+                        asserts.append(compile(a, f"test_{k}.py", "exec"))
                 except BaseException as exc:
                     return replay.Replay(load_error=f"test {k} does not compile: {_compile_message(exc)}")
-            target, args = child.run_assert, (nonce, code, prelude, chan_fd, setup, asserts)
+            target, args = child.run_assert, (nonce, code, prelude, chan_fd, setup, asserts, job.max_output)
         else:
             target, args = child.run_call, (job, nonce, code, prelude, chan_fd)
         chan_r, chan_w = os.pipe()
@@ -353,7 +361,11 @@ class Worker:
         return replay.replay_channel(
             chan.lines,
             n_tests=n_tests,
-            returns_value=job.format == "call",
+            returns_value=(
+                job.format == "call"
+                if job.format != "assert"
+                else [isinstance(a, dict) for a in job.asserts or []]
+            ),
             started=t0,
             ending=ending,
             status=status,
@@ -364,7 +376,12 @@ class Worker:
     def serve(self) -> None:
         import tempfile
 
-        self.isolation = sandbox.setup_worker(fs_overlay=self.settings.fs_overlay)
+        # A cgroup, where there is one to have, bounds everything the worker and its programs hold: the
+        # worker itself, one program at a time (its processes, its tmpfs files), some slack.
+        cgroup_limit = sandbox.vm_size_bytes() // 2 + (self.settings.memory_mb + 64) * 1024 * 1024
+        self.isolation = sandbox.setup_worker(
+            tmp_size_mb=self.tmp_mb, memory_limit_bytes=cgroup_limit, fs_overlay=self.settings.fs_overlay
+        )
         self.uid = self.uid if self.uid is not None and sandbox.can_switch_user(self.uid) else None
         self.isolation["user"] = self.uid
         self.base_dir = tempfile.mkdtemp(prefix="bcoder-work-")

@@ -49,8 +49,10 @@ def model_config(name_or_path: str | Path, **overrides: Any) -> Any:
         )
     try:
         fields = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a binary file
         raise BcoderError(f"model shape {path}: not JSON ({exc})") from exc
+    if not isinstance(fields, dict):
+        raise BcoderError(f"model shape {path}: expected a JSON object, found {type(fields).__name__}")
     fields = {k: v for k, v in fields.items() if not k.startswith("_")}
     fields = {**_LAYOUT, **fields, **overrides}
     try:

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcoder_core.errors import BcoderError
+from bcoder_core.model import files
 
 __all__ = [
     "HEADS_WEIGHTS",
@@ -80,6 +81,8 @@ __all__ = [
     "PHI_HEAD_INIT_BIAS",
     "PHI_WEIGHTS",
     "BCoderModel",
+    "load_phi",
+    "load_t5",
     "shift_right",
 ]
 
@@ -275,8 +278,6 @@ class BCoderModel(nn.Module):
         φ: required for resuming phi, optional for annotate (adds φ for the ``v_phi`` column) and
         eval (ranking without a ``v_phi`` column). ``dropout`` overrides the config's dropout_rate.
         """
-        from transformers import T5ForConditionalGeneration
-
         if stage not in MODEL_ROLES:
             raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
         if phi_path is not None and stage in ("sft", "theta"):
@@ -289,23 +290,18 @@ class BCoderModel(nn.Module):
             kwargs["dtype"] = dtype
         if dropout is not None:
             kwargs["dropout_rate"] = float(dropout)
-        try:
-            with _quiet_untied_notice():
-                t5 = T5ForConditionalGeneration.from_pretrained(local, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise BcoderError(
-                f"model {path}: cannot load a T5 checkpoint ({str(exc).splitlines()[0]})"
-            ) from exc
+        t5 = load_t5(local, where=path, **kwargs)
         heads_state = None
         alpha = 1.0
         heads_file = Path(local) / HEADS_WEIGHTS
         if stage in ("theta", "eval") and heads_file.is_file():
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            heads_state = load_file(str(heads_file))
-            with safe_open(str(heads_file), "pt") as f:
-                alpha = float((f.metadata() or {}).get("alpha", 1.0))
+            heads_state = files.load_safetensors(heads_file)
+            with files.open_safetensors(heads_file) as f:
+                alpha_text = (f.metadata() or {}).get("alpha", 1.0)
+            try:
+                alpha = float(alpha_text)
+            except ValueError:
+                raise BcoderError(f"{heads_file}: metadata alpha {alpha_text!r} is not a number") from None
         phi_state = fingerprint = None
         if phi_path is not None:
             phi_state, fingerprint = load_phi(phi_path)
@@ -637,20 +633,37 @@ def _own_params(stack: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in stack.named_parameters() if not n.startswith("embed_tokens.")]
 
 
+def load_t5(path: str, *, where: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """``T5ForConditionalGeneration.from_pretrained(path, **kwargs)``, its failures one BcoderError.
+
+    A local directory's JSON files and weight headers are parsed first, so a corrupt file is named;
+    ``where`` (default ``path``) is what the message calls the model.
+    """
+    from safetensors import SafetensorError
+    from transformers import T5ForConditionalGeneration
+
+    if Path(path).is_dir():
+        files.check_t5_dir(Path(path))
+    try:
+        with _quiet_untied_notice():
+            return T5ForConditionalGeneration.from_pretrained(path, **kwargs)
+    # What transformers raises for files that parse but do not describe a T5 of these weights
+    # (a config of another shape, a list for a config, a missing tensor).
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
+        raise BcoderError(
+            f"model {where or path}: cannot load a T5 checkpoint ({files.first_line(exc)})"
+        ) from exc
+
+
 def load_phi(path: str | Path) -> tuple[dict[str, Tensor], list[float] | None]:
     """φ's weights and embedding fingerprint from a directory saved by ``save_pretrained(..., "phi")``."""
-    from safetensors.torch import load_file
-
     local = Path(_resolve_dir(path))
     weights, meta_file = local / PHI_WEIGHTS, local / PHI_CONFIG
     if not weights.is_file():
         raise BcoderError(f"phi {path}: no {PHI_WEIGHTS}")
     meta: dict[str, Any] = {}
     if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise BcoderError(f"phi {path}: {PHI_CONFIG} is not JSON ({exc})") from exc
+        meta = files.read_json_object(meta_file)
         if meta.get("format") != PHI_FORMAT:
             raise BcoderError(f"phi {path}: format {meta.get('format')!r}, expected {PHI_FORMAT!r}")
-    return load_file(str(weights)), meta.get("shared_embedding_fingerprint")
+    return files.load_safetensors(weights), meta.get("shared_embedding_fingerprint")

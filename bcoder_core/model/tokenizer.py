@@ -56,6 +56,11 @@ _SPECIAL_KW = dict(
 )
 
 
+# The JSON files AutoTokenizer reads from a directory (config.json: to find the model type).
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "config.json")  # fmt: skip
+
+
 def load_tokenizer(name_or_path: str = "codet5") -> Any:
     """A tokenizer by name ("codet5", "tiny") or from a local directory (see module docstring)."""
     if name_or_path == "codet5":
@@ -67,10 +72,17 @@ def load_tokenizer(name_or_path: str = "codet5") -> Any:
         raise BcoderError(f"tokenizer {name_or_path!r}: not 'codet5', 'tiny' or a tokenizer directory")
     from transformers import AutoTokenizer
 
+    from bcoder_core.model.files import first_line, read_json_object
+
+    for name in _TOKENIZER_JSON:
+        if (path / name).is_file():
+            read_json_object(path / name)  # a file that is not JSON, named
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise BcoderError(f"tokenizer {path}: cannot load ({str(exc).splitlines()[0]})") from exc
+    # Files that parse but hold no tokenizer fail inside transformers / tokenizers with whatever type
+    # the failing line raises (KeyError, TypeError, tokenizers' bare Exception): all mean "cannot load".
+    except Exception as exc:
+        raise BcoderError(f"tokenizer {path}: cannot load ({first_line(exc)})") from exc
     _check_layout(tok, str(path))
     return tok
 

@@ -85,10 +85,10 @@ class _Item:
 
 def load_results(path: str | Path) -> dict[tuple[str, int], float]:
     """(problem_id, sample_id) → reward from a results JSONL file or directory."""
-    from bcoder_core.jsonl import read_jsonl
+    from bcoder_core.jsonl import read_keyed
 
     out: dict[tuple[str, int], float] = {}
-    for rec in read_jsonl(path, "results"):
+    for rec in read_keyed(path, "result"):
         try:
             key = (str(rec["problem_id"]), _sample_id(rec["sample_id"]))
             reward = float(rec["reward"])
@@ -117,13 +117,13 @@ def check_samples(samples: str | Path, results: dict[tuple[str, int], float], kn
 
     Every sample needs a result and a known problem; (problem_id, sample_id) pairs are unique.
     """
-    from bcoder_core.jsonl import read_jsonl
+    from bcoder_core.jsonl import read_keyed
 
     seen: set[tuple[str, int]] = set()
     missing: list[str] = []
     unknown: set[str] = set()
     dup: list[str] = []
-    for rec in read_jsonl(samples, "samples"):
+    for rec in read_keyed(samples, "sample", required=("problem_id", "sample_id", "code")):
         try:
             key = (str(rec["problem_id"]), _sample_id(rec["sample_id"]))
             if not isinstance(rec["code"], str):
@@ -374,6 +374,7 @@ def run_annotate(
         raise BcoderError("annotate: --samples and --results go together")
     if not cfg.ground_truth and samples is None:
         raise BcoderError("annotate: nothing to annotate (--no-ground-truth and no --samples)")
+    storage.check_output(out, kind="transitions")  # before the model is loaded
     probs = read_problems(storage.input_path(problems))
     samples_path = results_map = None
     n_samples = 0

@@ -175,7 +175,7 @@ def run_rank(
     tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
     from bcoder_core import storage
-    from bcoder_core.jsonl import read_jsonl
+    from bcoder_core.jsonl import read_jsonl, read_keyed
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.sampling import (
@@ -186,9 +186,10 @@ def run_rank(
         resolve_model_dir,
     )
 
+    storage.check_output(out, kind="samples")  # before the model is loaded
     probs = read_problems(storage.input_path(problems))
     samples_path = storage.input_path(samples)
-    n = sum(1 for _ in read_jsonl(samples_path, "samples"))
+    n = sum(1 for _ in read_keyed(samples_path, "sample", required=("problem_id", "sample_id", "code")))
     model_dir = resolve_model_dir(model)
     tok = load_tokenizer_for(model_dir, tokenizer)
     dev = pick_device(device)

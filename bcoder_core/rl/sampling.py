@@ -16,7 +16,6 @@ finished ones pay for their steps.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
@@ -319,19 +318,11 @@ def sample_problems(
 
 def load_theta(model_dir: str, device=None, dtype: str = "auto"):
     """θ (or any seq2seq checkpoint) as a plain ``T5ForConditionalGeneration`` in eval mode."""
-    from transformers import T5ForConditionalGeneration
+    from bcoder_core.model.qmodel import _quiet_untied_notice, load_t5
 
     dev = pick_device(device)
-    torch_dtype = _dtype(dtype, dev)
-    try:
-        from bcoder_core.model.qmodel import _quiet_untied_notice as quiet  # θ's head is untied on purpose
-    except ImportError:  # pragma: no cover
-        quiet = contextlib.nullcontext
-    try:
-        with quiet():
-            model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype)
-    except OSError as exc:
-        raise BcoderError(f"{model_dir}: cannot load a T5 checkpoint ({exc})") from None
+    with _quiet_untied_notice():  # θ's head is untied on purpose
+        model = load_t5(model_dir, dtype=_dtype(dtype, dev))
     return model.to(dev).eval()
 
 
@@ -362,6 +353,7 @@ def run_sample(
     tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
     shard_spec = parse_shard(shard)
+    storage.check_output(out, kind="samples")  # before the model is loaded
     model_dir = resolve_model_dir(model)
     probs = shard_items(read_problems(storage.input_path(problems)), shard_spec)
     tok = load_tokenizer_for(model_dir, tokenizer)

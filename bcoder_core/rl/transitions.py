@@ -265,30 +265,68 @@ def write_transitions(
 # Reading
 
 
+def _unreadable_shard(path: Path, exc: BaseException) -> BcoderError:
+    from bcoder_core.model.files import first_line
+
+    detail = f"no {exc}" if isinstance(exc, KeyError) else first_line(exc)
+    return BcoderError(f"transition shard {path}: cannot be read ({detail})")
+
+
+def _check_count(path: Path, found: int, info: dict[str, Any]) -> None:
+    if found != info["num_records"]:
+        raise BcoderError(
+            f"transition shard {path}: holds {found} records, {INDEX_FILE} says {info['num_records']}"
+        )
+
+
 class _Shard:
     """A memory-mapped shard: small per-record arrays in memory, token arrays sliced on demand."""
 
     def __init__(self, path: Path, has_v_phi: bool) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
+        # A store in a plain directory reaches this parser unverified (no manifest): a truncated or
+        # garbage shard, or one that lacks a column, is one error naming the shard.
         try:
-            self._f = safe_open(str(path), framework="np")
-        except Exception as exc:  # a missing or corrupt shard is the user's artifact problem
-            raise BcoderError(f"transition shard {path}: cannot be read ({exc})") from exc
-        f = self._f
-        self.problem_ids: list[str] = json.loads(f.metadata()["problem_ids"])
-        self.program_offsets = f.get_tensor("program_offsets")
-        self.prompt_offsets = f.get_tensor("prompt_offsets")
-        self.prompt_index = f.get_tensor("prompt_index")
-        self.reward = f.get_tensor("reward")
-        self.is_gt = f.get_tensor("is_gt")
-        self.sample_id = f.get_tensor("sample_id")
-        self.has_v_phi = has_v_phi
-        self._slices = {
-            k: f.get_slice(k)
-            for k in ("program_ids", "ckpt_adv", "ckpt_greedy", "prompt_ids")
-            + (("v_phi",) if has_v_phi else ())
-        }
+            f = self._f = safe_open(str(path), framework="np")
+            self.problem_ids: list[str] = json.loads((f.metadata() or {})["problem_ids"])
+            self.program_offsets = f.get_tensor("program_offsets")
+            self.prompt_offsets = f.get_tensor("prompt_offsets")
+            self.prompt_index = f.get_tensor("prompt_index")
+            self.reward = f.get_tensor("reward")
+            self.is_gt = f.get_tensor("is_gt")
+            self.sample_id = f.get_tensor("sample_id")
+            self.has_v_phi = has_v_phi
+            self._slices = {
+                k: f.get_slice(k)
+                for k in ("program_ids", "ckpt_adv", "ckpt_greedy", "prompt_ids")
+                + (("v_phi",) if has_v_phi else ())
+            }
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError) as exc:
+            raise _unreadable_shard(path, exc) from None
+        problem = self._inconsistency()
+        if problem:
+            raise BcoderError(f"transition shard {path}: cannot be read ({problem})")
+
+    def _inconsistency(self) -> str | None:
+        """What makes the columns disagree with each other (record() would index out of them), if anything."""
+        n = len(self.reward)
+        for name in ("prompt_index", "is_gt", "sample_id"):
+            if len(getattr(self, name)) != n:
+                return f"{name} has {len(getattr(self, name))} entries for {n} records"
+        for offsets, size, columns in (
+            (self.program_offsets, n, ("program_ids", "ckpt_adv", "ckpt_greedy", "v_phi")),
+            (self.prompt_offsets, len(self.problem_ids), ("prompt_ids",)),
+        ):
+            if len(offsets) != size + 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+                return "bad offsets"
+            for col in columns:
+                if col in self._slices and self._slices[col].get_shape() != [int(offsets[-1])]:
+                    return f"{col} does not match its offsets"
+        lo, hi = (int(self.prompt_index.min()), int(self.prompt_index.max())) if n else (0, -1)
+        if lo < 0 or hi >= len(self.problem_ids):
+            return "prompt_index out of range"
+        return None
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -326,16 +364,33 @@ class TransitionStore:
             raise BcoderError(f"transition store {self.path}: no {INDEX_FILE} (not a transition store)")
         try:
             self.index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a binary file
             raise BcoderError(f"transition store {index_path}: broken JSON ({exc})") from exc
+        if not isinstance(self.index, dict):
+            raise BcoderError(f"transition store {index_path}: expected a JSON object")
         if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
             raise BcoderError(
                 f"transition store {self.path}: format {self.index.get('format')!r} version "
                 f"{self.index.get('version')!r}, expected {FORMAT!r} version {VERSION}"
             )
         self.cache_shards = max(1, int(cache_shards))
-        self._shard_info = self.index["shards"]
-        self._starts = _offsets(np.array([s["num_records"] for s in self._shard_info], dtype=np.int64))
+        # The counts and shard list every reader relies on; a hand-edited or torn index fails here, named.
+        try:
+            self._shard_info = self.index["shards"]
+            counts = [int(s["num_records"]) for s in self._shard_info]
+            if not all(isinstance(s["file"], str) for s in self._shard_info):
+                raise TypeError("a shard's file is not a name")
+            for key in ("num_records", "num_gt", "num_generated", "has_v_phi"):
+                int(self.index[key])
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BcoderError(f"transition store {index_path}: malformed index ({detail})") from None
+        if sum(counts) != len(self):
+            raise BcoderError(
+                f"transition store {index_path}: malformed index (shards hold {sum(counts)} records, "
+                f"num_records says {len(self)})"
+            )
+        self._starts = _offsets(np.array(counts, dtype=np.int64))
         self._cache: OrderedDict[int, _Shard] = OrderedDict()
         self._gt_mask: np.ndarray | None = None
         self.shard_loads = 0
@@ -385,7 +440,9 @@ class TransitionStore:
         if sh is not None:
             self._cache.move_to_end(k)
             return sh
-        sh = _Shard(self.path / self._shard_info[k]["file"], self.has_v_phi)
+        info = self._shard_info[k]
+        sh = _Shard(self.path / info["file"], self.has_v_phi)
+        _check_count(self.path / info["file"], len(sh), info)
         self.shard_loads += 1
         self._cache[k] = sh
         while len(self._cache) > self.cache_shards:
@@ -417,12 +474,17 @@ class TransitionStore:
     def is_gt_mask(self) -> np.ndarray:
         """Bool array [len(store)]: True where the record is ground truth (read shard by shard)."""
         if self._gt_mask is None:
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
             parts = []
             for s in self._shard_info:
-                with safe_open(str(self.path / s["file"]), framework="np") as f:
-                    parts.append(f.get_tensor("is_gt").astype(bool))
+                path = self.path / s["file"]
+                try:
+                    with safe_open(str(path), framework="np") as f:
+                        parts.append(f.get_tensor("is_gt").astype(bool))
+                except (OSError, SafetensorError) as exc:
+                    raise _unreadable_shard(path, exc) from None
+                _check_count(path, len(parts[-1]), s)
             self._gt_mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
         return self._gt_mask
 

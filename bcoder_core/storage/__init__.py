@@ -49,6 +49,13 @@ Rules
   every file's size and sha256 (:class:`ArtifactCorrupt`, naming the bad file or key). A local
   path without a manifest is user data (a problem set made by hand, a model directory) and is
   returned as is; a local path with a manifest is verified like an S3 one.
+* A writer replaces only an artifact of its own kind (its manifest's ``kind``); anything else at
+  the output path is a one-line error and stays untouched (see "Writing" below, DESIGN §1).
+  :func:`check_output` applies that, and checks that the output can be written (a real probe;
+  S3: credentials, bucket, write permission), before a stage's work.
+* :func:`verify` checks a committed artifact against its manifest: sizes, or every sha256.
+* Scratch space comes from :func:`scratch_dir` (``storage.scratch``): removed on exit, and swept
+  by a later process once its owner is gone, however it died.
 * S3 artifacts are downloaded into a cache, ``$BCODER_CACHE_DIR`` (default
   ``~/.cache/bcoder/artifacts``), keyed by the manifest's digest: a second read of the same
   artifact downloads nothing.
@@ -68,10 +75,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -92,14 +100,18 @@ from bcoder_core.storage.manifest import (
     sizes_match,
     verify_local,
 )
+from bcoder_core.storage.scratch import scratch_dir, scratch_root, sweep_scratch
 
 __all__ = [
     "FILE_MANIFEST_SUFFIX",
     "LATEST",
     "MANIFEST",
     "MANIFEST_FORMAT",
+    "MARKER",
     "Backend",
     "backend_for",
+    "check_output",
+    "check_output_root",
     "code_version",
     "delete",
     "exists",
@@ -113,12 +125,18 @@ __all__ = [
     "read_manifest",
     "read_text",
     "register",
+    "scratch_dir",
+    "scratch_root",
+    "sweep_scratch",
+    "verify",
     "write_text",
 ]
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+#: The kind :func:`check_output_root` gives a marker (``latest``): a small plain file, no manifest.
+MARKER = "marker"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,15 +176,21 @@ def _manifest_uri(uri: str, *, layout: str) -> str:
 # Reading
 
 
-def _locate(uri: str) -> tuple[str, dict] | None:
-    """(artifact uri, manifest) of the artifact at ``uri``, following ``latest``."""
+@contextmanager
+def _naming(uri: str) -> Iterator[None]:
+    """Errors of the block name ``uri`` (the URI the caller gave), not the manifest key looked up."""
     try:
-        return _locate_unchecked(uri.rstrip("/") or uri)
+        yield
     except (ArtifactNotFound, ArtifactCorrupt):
         raise
     except BcoderError as exc:
-        # Name the URI the caller gave, not the manifest key we were looking up.
         raise BcoderError(f"{uri}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _locate(uri: str) -> tuple[str, dict] | None:
+    """(artifact uri, manifest) of the artifact at ``uri``, following ``latest``."""
+    with _naming(uri):
+        return _locate_unchecked(uri.rstrip("/") or uri)
 
 
 def _locate_unchecked(uri: str) -> tuple[str, dict] | None:
@@ -308,8 +332,145 @@ def input_path(uri: str) -> Path:
     return path
 
 
+def verify(uri: str, *, sha256: bool = False) -> None:
+    """Check that the committed artifact at ``uri`` still is what its manifest says.
+
+    Every listed file must be there with its size, and with ``sha256`` its digest too (that reads
+    every byte: a same-size edit is caught only so). ``ArtifactCorrupt`` names the first file that
+    differs; ``ArtifactNotFound`` if nothing is committed at ``uri``. A remote artifact's sizes are
+    not listed by the protocol: without ``sha256`` its manifest is trusted, with it the artifact is
+    downloaded into scratch and verified.
+    """
+    art_uri, manifest = _find(os.fspath(uri))
+    backend = backend_for(art_uri)
+    local = backend.local_path(art_uri)
+    if local is not None:
+        verify_local(local, manifest, lambda rel: join(str(local), rel), sha256=sha256)
+    elif sha256:
+        with scratch_dir("verify") as scratch:
+            _download(backend, art_uri, manifest, scratch / "artifact")
+
+
 # --------------------------------------------------------------------------------------------------
-# Writing
+# Writing: what an output may replace (DESIGN §1)
+#
+# A command replaces only an artifact of its own kind: one with a bcoder manifest whose ``kind`` is
+# the one the command writes. Anything else at the output path (a user's directory or file, a plain
+# file without a manifest, an artifact of another kind) is a one-line error and stays untouched.
+# On an object store, keys without a manifest are what a crashed writer left (nobody keeps data
+# there without one) and are written over.
+
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_existing(uri: str, kind: str, *, resume: bool = False, partial: bool = False) -> None:
+    """Raise unless whatever stands at ``uri`` may be replaced by an output of ``kind``."""
+    backend = backend_for(uri)
+    path = backend.local_path(uri) if backend.user_data else None
+    if path is not None:
+        if not path.exists() and not path.is_symlink():
+            return
+        # What is really there decides where its manifest would be, not the URI's suffix.
+        layout = "directory" if path.is_dir() else "file"
+    else:
+        layout = "file" if _is_file_uri(uri) else "directory"
+    with _naming(uri):
+        data = backend.read_bytes(_manifest_uri(uri, layout=layout))
+    if data is not None and looks_like_ours(data):
+        found = json.loads(data).get("kind")
+        if found == kind:
+            return
+        raise BcoderError(
+            f"{uri}: holds a bcoder {found} artifact, not {kind}: refusing to replace it "
+            "(choose another output, or delete it first)"
+        )
+    if path is None or partial:
+        return
+    if layout == "directory":
+        if _is_file_uri(uri):
+            what = f"a directory, not a bcoder {kind} file"
+        elif any(path.iterdir()):
+            what = f"a directory that is not a bcoder {kind} artifact (no bcoder {MANIFEST} in it)"
+        else:
+            return  # an empty directory: nothing to lose
+    elif resume and _partial_jsonl(path):
+        return  # what a killed run of the same command left: it resumes from it
+    else:
+        what = f"a file that is not a bcoder {kind} artifact (no {FILE_MANIFEST_SUFFIX} beside it)"
+    raise BcoderError(f"{uri}: {what}: refusing to replace it (choose another output, or delete it first)")
+
+
+def _partial_jsonl(path: Path) -> bool:
+    """Empty, or JSON objects one per line with perhaps a torn last one: what a killed appender leaves.
+
+    The head of the file is enough to tell such a file from someone's text; the reader that resumes
+    checks every line.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    *lines, last = head.split(b"\n")
+    for line in lines:
+        if line.strip():
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return False
+            except ValueError:
+                return False
+    return len(head) == _SNIFF_BYTES or not last.strip() or last.lstrip().startswith(b"{")
+
+
+def check_output(uri: str, kind: str, *, resume: bool = False) -> None:
+    """Fail now, in one line, if a stage could not write its output of ``kind`` at ``uri``.
+
+    Call it first thing in a stage, before any model is loaded or sample run: the location must be
+    writable (local: a real probe in the directory; S3: credentials, bucket and write permission,
+    by a PUT and DELETE of a probe key) and hold nothing an output of ``kind`` may not replace (see
+    above). ``resume``: the command appends to a JSON-lines output and resumes a killed run of
+    itself, so a local file without a manifest that reads as such is accepted too.
+    :func:`output_path` and :func:`publish` check what they replace again, at the end.
+    """
+    uri = os.fspath(uri)
+    _check_existing(uri, kind, resume=resume)
+    backend_for(uri).check_writable(uri)
+
+
+def check_output_root(uri: str, member_kind: Callable[[str], str | None] | None = None) -> None:
+    """Fail now, in one line, unless ``uri`` can hold outputs: a directory (or prefix) that holds
+    artifacts and markers but is none itself (a training run's output, a pipeline's run directory).
+
+    It must be writable, not a file and not an artifact. With ``member_kind``, each entry of a local
+    root must be one the command writes: ``member_kind(name)`` is the kind of the artifact
+    ``name`` must be, :data:`MARKER` for a marker file, None for a name the command never writes
+    (an error). A member is refused only if it holds an artifact of another kind: without a
+    manifest it is what an interrupted write of the command left (``output_path(partial=True)``
+    replaces it). Hidden entries (``.name.tmp-*``, staging of an interrupted write) are left alone.
+    """
+    uri = os.fspath(uri)
+    backend = backend_for(uri)
+    path = backend.local_path(uri) if backend.user_data else None
+    if path is not None and path.exists() and not path.is_dir():
+        raise BcoderError(f"{uri}: cannot write: not a directory ({path})")
+    with _naming(uri):
+        data = backend.read_bytes(join(uri, MANIFEST))
+        backend.check_writable(join(uri, "output"))  # probes inside: that is where files go
+    if data is not None and looks_like_ours(data):
+        raise BcoderError(
+            f"{uri}: holds a bcoder {json.loads(data).get('kind')} artifact, not outputs of this command: "
+            "refusing to write into it (choose another output)"
+        )
+    if path is None or member_kind is None or not path.is_dir():
+        return
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        kind = member_kind(entry.name)
+        if kind is None or (kind == MARKER and not entry.is_file()):
+            raise BcoderError(
+                f"{uri}: holds {entry.name!r}, which this command never writes: refusing to write "
+                "into it (choose another output, or an empty directory)"
+            )
+        if kind != MARKER:
+            _check_existing(join(uri, entry.name), kind, partial=True)
 
 
 def _install(src: Path, uri: str, *, kind: str, config: dict | None, keep_src: bool) -> dict:
@@ -335,26 +496,35 @@ def publish(local_dir: Path, uri: str, *, kind: str, config: dict | None = None)
     """Publish a local directory (or file) as the artifact ``uri``; return its manifest.
 
     Files go first, the manifest last (an old manifest at ``uri`` stops counting before anything
-    else). A local ``uri`` equal to ``local_dir`` only writes the manifest (in-place outputs).
+    else). A local ``uri`` equal to ``local_dir`` only writes the manifest (in-place outputs);
+    otherwise what stands at ``uri`` must be an artifact of ``kind`` or nothing.
     """
     local = Path(local_dir)
     uri = os.fspath(uri)
     if not local.exists():
         raise BcoderError(f"{local}: nothing to publish (no such file or directory)")
+    target = local_path(uri)
+    if target is None or not (target.exists() and target.resolve() == local.resolve()):
+        # Written in place, the output is the caller's own by construction (it checked before).
+        _check_existing(uri, kind)
     return _install(local, uri, kind=kind, config=config, keep_src=True)
 
 
 @contextmanager
-def output_path(uri: str, *, kind: str, config: dict | None = None) -> Iterator[Path]:
+def output_path(uri: str, *, kind: str, config: dict | None = None, partial: bool = False) -> Iterator[Path]:
     """Yield a local path to write the output named by ``uri``; publish it on a clean exit.
 
     A URI whose last part has a suffix (``results.jsonl``) is a file, otherwise a directory.
     Local: staged beside the destination and renamed into place with its manifest. S3: staged in
-    a temporary directory, then uploaded (multipart for large files), manifest last. On an
-    exception nothing is left at ``uri`` (an artifact that was there before stays untouched).
+    scratch, then uploaded (multipart for large files), manifest last. On an exception nothing is
+    left at ``uri`` (an artifact that was there before stays untouched). What stands at ``uri``
+    must be an artifact of ``kind`` or nothing (:func:`check_output`), checked on entry; with
+    ``partial``, also anything without a manifest: the caller knows the name is its own (a
+    ``step_N`` of its run's output, which a killed save may have left half-written).
     """
     uri = os.fspath(uri)
     name = uri.rstrip("/").rsplit("/", 1)[-1] or "artifact"
+    _check_existing(uri, kind, partial=partial)
     with backend_for(uri).staging(uri) as staging:
         target = staging / name
         if not _is_file_uri(uri):

@@ -60,6 +60,14 @@ class Backend(Protocol):
         """
         ...
 
+    def check_writable(self, uri: str) -> None:
+        """Raise a one-line error unless an output can be written at ``uri`` now, cheaply.
+
+        Local: a writable directory where it goes (a real probe). Object store: credentials,
+        bucket and write permission (a GET, PUT and DELETE of a probe key).
+        """
+        ...
+
     def install(
         self, src: Path, uri: str, *, files: list[str], manifest_uri: str, manifest: bytes, keep_src: bool
     ) -> None:

@@ -15,14 +15,54 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bcoder_core.errors import BcoderError
 from bcoder_core.storage.backend import clean_parts
 
 
+def check_writable_dir(where: str, directory: Path) -> None:
+    """Raise one line naming ``where`` unless files can be made in ``directory`` (or, where it does not
+    exist yet, in the ancestor it would be made in).
+
+    A real probe (make and remove a file), not ``os.access``: root passes every permission check
+    but not a read-only mount, and a network file system may answer ``access`` wrongly.
+    """
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BcoderError(f"{where}: cannot write: not a directory ({existing})")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bcoder-probe-", dir=existing)
+    except OSError as exc:
+        raise BcoderError(f"{where}: cannot write: {_reason(exc)} ({existing})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 @contextmanager
-def staging_next_to(final: Path) -> Iterator[Path]:
+def writing(where: str) -> Iterator[None]:
+    """Turn a file-system failure into one line naming ``where`` (and the path that failed)."""
+    try:
+        yield
+    except OSError as exc:
+        path = f" ({exc.filename})" if exc.filename else ""
+        raise BcoderError(f"{where}: cannot write: {_reason(exc)}{path}") from None
+
+
+@contextmanager
+def staging_next_to(final: Path, *, where: str | None = None) -> Iterator[Path]:
     """A temporary directory beside ``final`` (same file system, so renames are atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as exc:
+        where = where or str(final)
+        check_writable_dir(where, final.parent)  # the precise reason, when it is one of those
+        raise BcoderError(f"{where}: cannot write: {_reason(exc)} ({exc.filename or final.parent})") from None
     try:
         yield staging
     finally:
@@ -76,7 +116,8 @@ class LocalBackend:
             return None
 
     def write_bytes(self, uri: str, data: bytes, *, where: str | None = None) -> None:
-        atomic_write(self.local_path(uri), data)
+        with writing(where or uri):
+            atomic_write(self.local_path(uri), data)
 
     def list_names(self, uri: str) -> list[str]:
         root = self.local_path(uri)
@@ -88,26 +129,32 @@ class LocalBackend:
     def delete(self, uri: str, *, tree: bool = False, where: str | None = None) -> None:
         # Whatever stands at the path goes, file or directory: pruning must not depend on a suffix.
         path = self.local_path(uri)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        with writing(where or uri):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def staging(self, uri: str) -> contextlib.AbstractContextManager[Path]:
-        return staging_next_to(self.local_path(uri))
+        return staging_next_to(self.local_path(uri), where=uri)
+
+    def check_writable(self, uri: str) -> None:
+        path = self.local_path(uri)
+        check_writable_dir(uri, path.parent if path.parent != path else path)
 
     def install(
         self, src: Path, uri: str, *, files: list[str], manifest_uri: str, manifest: bytes, keep_src: bool
     ) -> None:
         final = self.local_path(uri)
         manifest_path = self.local_path(manifest_uri)
-        if final.exists() and final.resolve() == src.resolve():
-            atomic_write(manifest_path, manifest)  # an output written in place: only the manifest is new
-            return
-        if not keep_src:
-            _swap_in(src, final, manifest_path, manifest)
-            return
-        with staging_next_to(final) as staging:
+        with writing(uri):
+            if final.exists() and final.resolve() == src.resolve():
+                atomic_write(manifest_path, manifest)  # an output written in place: only the manifest is new
+                return
+            if not keep_src:
+                _swap_in(src, final, manifest_path, manifest)
+                return
+        with staging_next_to(final, where=uri) as staging, writing(uri):
             target = staging / final.name
             if src.is_file():
                 shutil.copy2(src, target)

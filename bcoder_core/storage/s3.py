@@ -8,8 +8,9 @@ Every failure becomes one :class:`BcoderError` line naming the URI.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 
 from bcoder_core.errors import ArtifactCorrupt, BcoderError
 from bcoder_core.storage.backend import clean_parts
+from bcoder_core.storage.scratch import scratch_dir
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -138,12 +140,6 @@ def _s3_call(uri: str) -> Iterator[None]:
         raise
 
 
-@contextmanager
-def _temporary_directory() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="bcoder-out-") as staging:
-        yield Path(staging)
-
-
 class S3Backend:
     """``s3://bucket/key`` objects; only a manifest makes a prefix an artifact."""
 
@@ -192,7 +188,22 @@ class S3Backend:
                     s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
     def staging(self, uri: str) -> AbstractContextManager[Path]:
-        return _temporary_directory()
+        return scratch_dir("out")
+
+    def check_writable(self, uri: str) -> None:
+        # Three small calls on a probe key, before a stage does its work. A GET first: it names
+        # a missing bucket or bad credentials precisely (a HEAD's error has no code), and some
+        # servers (SeaweedFS) create a missing bucket on PUT. Then a PUT and a DELETE: the write
+        # permission. The key extends the output's own, so a policy scoped to the output's prefix
+        # allows it; it is never inside a directory artifact, and readers ignore it.
+        bucket, key = split(uri)
+        probe = f"{key}.bcoder-probe-{secrets.token_hex(6)}"
+        s3 = client()
+        with _s3_call(uri):
+            with contextlib.suppress(s3.exceptions.NoSuchKey):
+                s3.get_object(Bucket=bucket, Key=probe)
+            s3.put_object(Bucket=bucket, Key=probe, Body=b"")
+            s3.delete_object(Bucket=bucket, Key=probe)
 
     def install(
         self, src: Path, uri: str, *, files: list[str], manifest_uri: str, manifest: bytes, keep_src: bool

@@ -7,7 +7,8 @@ Layout under the run's output URI (a local directory or ``s3://bucket/prefix``):
       optimizer.pt              AdamW state (identical on every rank under DDP: saved once)
       scheduler.pt              LR scheduler state
       rank_R.pt                 per rank: RNG states (python, numpy, torch, cuda) + data sampler state
-      trainer_state.json        {"step": N, "world_size": W, "stage": ...}
+      trainer_state.json        {"step": N, "world_size": W, "stage": ..., "fingerprint": sha256,
+                                 "settings": {key: value}}  (what a resume must match: fingerprint.py)
       config.yaml               the resolved config
     latest                      "step_N", written LAST: a save is complete once this names it
     final/                      the exported model (plain HF directory for sft and theta)
@@ -36,6 +37,7 @@ import yaml
 from bcoder_core import storage
 from bcoder_core.config import config_to_dict
 from bcoder_core.errors import BcoderError
+from bcoder_core.train import fingerprint
 from bcoder_core.train.dist import DistInfo, all_gather_object, barrier
 
 log = logging.getLogger("bcoder.train")
@@ -127,6 +129,25 @@ def step_uri(output: str, step: int) -> str:
     return storage.join(output, f"step_{step}")
 
 
+def check_output(output: str) -> None:
+    """Fail in one line, before any training, unless ``output`` is a training run's own (DESIGN §1).
+
+    That is: writable, absent or a directory holding only what a run writes (``step_N/``
+    checkpoints, ``final/`` models, the ``latest`` marker; hidden staging of interrupted saves is
+    ignored). Resuming a run is writing into its own output; a model directory of someone's, or a
+    stage's artifact, is refused.
+    """
+    storage.check_output_root(output, _member_kind)
+
+
+def _member_kind(name: str) -> str | None:
+    if name == LATEST:
+        return storage.MARKER
+    if name == "final":
+        return "model"
+    return "checkpoint" if _STEP_RE.match(name) else None
+
+
 # --------------------------------------------------------------------------------------------------
 # Save
 # --------------------------------------------------------------------------------------------------
@@ -159,17 +180,19 @@ def save_checkpoint(
     if info.is_main:
         cfg_dict = config_to_dict(config)
         # A save killed before publishing leaves no manifest and is not named by `latest`, so it
-        # is invisible to readers; a re-run replaces whatever it left at step_N.
-        with storage.output_path(step_uri(output, step), kind="checkpoint", config=cfg_dict) as staging:
+        # is invisible to readers; a re-run replaces whatever it left at step_N (partial: the
+        # name is this run's own, its output was checked when the run started).
+        uri = step_uri(output, step)
+        with storage.output_path(uri, kind="checkpoint", config=cfg_dict, partial=True) as staging:
             with preserved_rng():  # the saved RNG state must be the one training continues with
                 write_model(staging / "model")
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
             for r, st in enumerate(rank_states):
                 torch.save(st, staging / f"rank_{r}.pt")
-            (staging / "trainer_state.json").write_text(
-                json.dumps({"step": step, "world_size": info.world_size, "stage": stage})
-            )
+            state = {"step": step, "world_size": info.world_size, "stage": stage}
+            state.update(fingerprint.record(config))
+            (staging / "trainer_state.json").write_text(json.dumps(state))
             (staging / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         storage.write_text(storage.join(output, LATEST), f"step_{step}")
         if step not in history:
@@ -244,5 +267,5 @@ def export_final(
 
 @preserved_rng()
 def _export(uri: str, write_model: Callable[[Path], None], config: Any) -> None:
-    with storage.output_path(uri, kind="model", config=config_to_dict(config)) as target:
+    with storage.output_path(uri, kind="model", config=config_to_dict(config), partial=True) as target:
         write_model(target)

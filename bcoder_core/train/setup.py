@@ -7,16 +7,16 @@ process group exists), then enters :func:`join_ranks` for the training itself.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bcoder_core import storage
 from bcoder_core.config import PhiConfig, ThetaConfig, TrainConfig
 from bcoder_core.errors import BcoderError
-from bcoder_core.train import checkpoint
+from bcoder_core.train import checkpoint, fingerprint
 from bcoder_core.train.dist import DistInfo, cleanup, init_distributed
 from bcoder_core.train.logs import setup_logging, stage_telemetry
 
@@ -40,6 +40,7 @@ def validate_common(cfg: TrainConfig) -> None:
         raise BcoderError("config: set model.init (a checkpoint) or model.t5_config (random init)")
     if cfg.optim.lr <= 0:
         raise BcoderError(f"config: optim.lr must be > 0, got {cfg.optim.lr}")
+    checkpoint.check_output(cfg.output)  # writable and the run's own, before anything is trained
 
 
 def validate_rho_real(cfg: PhiConfig | ThetaConfig) -> None:
@@ -52,16 +53,17 @@ def validate_rho_real(cfg: PhiConfig | ThetaConfig) -> None:
 def run_scope(stage: str) -> Iterator[str]:
     """A scratch directory for the run; on the way out (even on failure) it is removed and the process
     group, if one was made meanwhile, is torn down."""
-    scratch = tempfile.TemporaryDirectory(prefix=f"bcoder-{stage}-")
     try:
-        yield scratch.name
+        with storage.scratch_dir(stage) as scratch:
+            yield str(scratch)
     finally:
-        scratch.cleanup()
         cleanup()
 
 
 def find_resume(cfg: TrainConfig) -> Path | None:
     """The local copy of ``<output>/latest``'s checkpoint, or None for a fresh run; seeds every RNG.
+
+    Refuses (BcoderError) a checkpoint saved with other settings than ``cfg``'s (``fingerprint.py``).
 
     Called before the process group exists (as is :func:`resolve_init`): transformers'
     save_pretrained writes only on rank 0 of an initialised group, and every rank needs its own copy
@@ -69,7 +71,11 @@ def find_resume(cfg: TrainConfig) -> Path | None:
     """
     checkpoint.seed_everything(cfg.seed)
     start_step = checkpoint.read_latest(cfg.output) or 0
-    return checkpoint.fetch_checkpoint(cfg.output, start_step) if start_step else None
+    if not start_step:
+        return None
+    resume_dir = checkpoint.fetch_checkpoint(cfg.output, start_step)
+    fingerprint.check_resume(resume_dir, cfg, cfg.output)  # a changed setting would mix two runs
+    return resume_dir
 
 
 @contextlib.contextmanager

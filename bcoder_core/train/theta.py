@@ -39,8 +39,8 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
 
     setup.validate_common(cfg)
     setup.validate_rho_real(cfg)
-    if cfg.phi and not (storage.input_path(cfg.phi) / PHI_WEIGHTS).is_file():
-        raise BcoderError(f"config: phi {cfg.phi}: no {PHI_WEIGHTS} (not a phi checkpoint)")
+    if cfg.phi:
+        _check_phi(cfg.phi)
     with setup.run_scope(STAGE) as scratch:
         # ---- starting point: the latest checkpoint (θ saved as a plain HF T5 + heads), else the
         # initial T5 (both before the process group)
@@ -99,3 +99,17 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
                         shutil.copy2(phi_dir / name, path / name)
 
             return progress.export(write_final)
+
+
+def _check_phi(uri: str) -> None:
+    """φ is copied into final/ unread: a missing, truncated or garbage φ stops the run before training."""
+    from bcoder_core.model.files import open_safetensors, read_json_object
+    from bcoder_core.model.qmodel import PHI_CONFIG, PHI_WEIGHTS
+
+    phi_dir = storage.input_path(uri)
+    if not (phi_dir / PHI_WEIGHTS).is_file():
+        raise BcoderError(f"config: phi {uri}: no {PHI_WEIGHTS} (not a phi checkpoint)")
+    with open_safetensors(phi_dir / PHI_WEIGHTS):
+        pass  # the header parses: the file is whole
+    if (phi_dir / PHI_CONFIG).is_file():
+        read_json_object(phi_dir / PHI_CONFIG)

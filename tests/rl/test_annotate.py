@@ -1,0 +1,204 @@
+"""The annotation pass (DESIGN §2.6): columns equal what the frozen models compute on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers.models import save_tiny_checkpoint
+from helpers.numeric import assert_close_f32
+from helpers.rl import make_problems, one_thread
+
+from bcoder_core.errors import BcoderError
+from bcoder_core.model.qmodel import BCoderModel
+from bcoder_core.model.tokenizer import encode_program
+from bcoder_core.problems import write_problems
+from bcoder_core.prompts import reindent_with_tabs
+from bcoder_core.rl.annotate import AnnotateConfig, run_annotate
+from bcoder_core.rl.sampling import encode_prompt
+from bcoder_core.rl.transitions import TransitionStore
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+CODES = [
+    "print(1)\n",
+    "x = input()\nif x:\n\tprint(x)\n",
+    "def broken(:\n",
+    "for i in range(3):\n\tprint(i)\n",
+    "import sys\nsys.exit(0)\n",
+]
+REWARDS = [1.0, -0.3, -1.0, -0.6, 1.0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tok):
+    """A checkpoint, a trained-looking φ, problems, samples and their results on disk."""
+    root = tmp_path_factory.mktemp("annotate")
+    ckpt = save_tiny_checkpoint(root / "ckpt", tok)
+    phi = BCoderModel.from_pretrained(ckpt, stage="phi")
+    with torch.no_grad():  # move φ away from its zero-initialised head and its checkpoint decoder
+        g = torch.Generator().manual_seed(5)
+        phi.phi_head.weight.copy_(torch.randn(phi.phi_head.weight.shape, generator=g))
+        phi.phi_head.bias.fill_(0.3)
+        for p in phi.phi_decoder.block.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    phi.save_pretrained(root / "phi", "phi")
+    problems = make_problems(4)
+    write_problems(problems, root / "problems.jsonl")
+    samples, results = [], []
+    for k, p in enumerate(problems[:3]):
+        for j in range(len(CODES)):
+            code = CODES[(j + k) % len(CODES)]
+            samples.append({"problem_id": p.id, "sample_id": j, "code": code, "model": "m"})
+            results.append(
+                {"problem_id": p.id, "sample_id": j, "verdict": "x", "reward": REWARDS[(j + k) % 5]}
+            )
+    _write_jsonl(root / "samples.jsonl", samples)
+    _write_jsonl(root / "results.jsonl", results[::-1])  # results come in any order
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "phi": root / "phi",
+        "problems": problems,
+        "samples": samples,
+        "results": results,
+    }
+
+
+def _write_jsonl(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _run(world, out, **kw):
+    args = dict(
+        model=str(world["ckpt"]),
+        problems=str(world["root"] / "problems.jsonl"),
+        samples=str(world["root"] / "samples.jsonl"),
+        results=str(world["root"] / "results.jsonl"),
+        out=str(out),
+        cfg=AnnotateConfig(batch_size=4, window_batches=2, shard_size=7),
+        progress=False,
+    )
+    args.update(kw)
+    return run_annotate(**args)
+
+
+def _on_the_fly(model, tok, problem, ids):
+    """The slow reference: one program alone through the frozen models."""
+    prompt = torch.tensor([encode_prompt(problem, tok, 600)])
+    am = torch.ones_like(prompt)
+    labels = torch.tensor([ids])
+    with torch.no_grad():
+        enc = model.encode(prompt, am)
+        logits = model.ckpt_logits(enc, am, labels)[0]
+        adv = [float(logits[t, a] - logits[t].max()) for t, a in enumerate(ids)]
+        greedy = [int(logits[t].argmax()) for t in range(len(ids))]
+        v = model.phi_values(enc, am, labels)[0].tolist() if model.phi_decoder is not None else None
+    return adv, greedy, v
+
+
+def test_columns_equal_the_frozen_models_on_the_fly(tmp_path, world, tok):
+    summary = _run(world, tmp_path / "store")
+    problems = {p.id: p for p in world["problems"]}
+    n_gt = sum(len(p.solutions) for p in world["problems"])
+    assert (summary.gt, summary.generated) == (n_gt, len(world["samples"]))
+    store = TransitionStore(tmp_path / "store")
+    assert len(store) == n_gt + len(world["samples"]) and store.num_gt == n_gt
+    assert store.num_shards == -(-len(store) // 7) and not store.has_v_phi
+    assert (tmp_path / "store" / "manifest.json").is_file()
+    model = BCoderModel.from_pretrained(world["ckpt"], stage="annotate")
+    rewards = {(r["problem_id"], r["sample_id"]): r["reward"] for r in world["results"]}
+    codes = {(s["problem_id"], s["sample_id"]): s["code"] for s in world["samples"]}
+    seen = set()
+    for rec in store:
+        p = problems[rec.problem_id]
+        if rec.is_gt:
+            code = reindent_with_tabs(p.solutions[rec.sample_id])
+            assert rec.reward == 1.0
+        else:
+            code = codes[(rec.problem_id, rec.sample_id)]
+            assert rec.reward == pytest.approx(rewards[(rec.problem_id, rec.sample_id)])
+        seen.add((rec.problem_id, rec.sample_id, rec.is_gt))
+        ids = encode_program(tok, code)
+        assert rec.program_ids.tolist() == ids and ids[-1] == tok.eos_token_id
+        assert rec.prompt_ids.tolist() == encode_prompt(p, tok, 600)
+        adv, greedy, _ = _on_the_fly(model, tok, p, ids)
+        assert_close_f32(rec.ckpt_adv, adv)
+        assert rec.ckpt_greedy.tolist() == greedy
+        assert (rec.ckpt_adv <= 0).all()
+    assert len(seen) == len(store)
+
+
+def test_reannotating_with_phi_adds_v_phi(tmp_path, world, tok):
+    _run(world, tmp_path / "plain")
+    summary = _run(world, tmp_path / "with_phi", phi=str(world["phi"]))
+    assert summary.has_v_phi
+    plain, with_phi = TransitionStore(tmp_path / "plain"), TransitionStore(tmp_path / "with_phi")
+    assert with_phi.has_v_phi and len(plain) == len(with_phi)
+    model = BCoderModel.from_pretrained(world["ckpt"], stage="annotate", phi_path=world["phi"])
+    problems = {p.id: p for p in world["problems"]}
+    for a, b in zip(plain, with_phi, strict=True):
+        assert (a.problem_id, a.sample_id, a.is_gt) == (b.problem_id, b.sample_id, b.is_gt)
+        assert_close_f32(a.ckpt_adv, b.ckpt_adv)
+        assert a.ckpt_greedy.tolist() == b.ckpt_greedy.tolist()
+        _, _, v = _on_the_fly(model, tok, problems[b.problem_id], b.program_ids.tolist())
+        assert_close_f32(b.v_phi, v)
+    assert np.abs(np.concatenate([r.v_phi for r in with_phi])).max() > 0.1  # not the zero head
+
+
+def test_ground_truth_only_and_generated_only(tmp_path, world):
+    s = _run(world, tmp_path / "gt", samples=None, results=None)
+    assert s.generated == 0 and TransitionStore(tmp_path / "gt").num_generated == 0
+    s = _run(world, tmp_path / "gen", cfg=AnnotateConfig(batch_size=3, ground_truth=False))
+    store = TransitionStore(tmp_path / "gen")
+    assert s.gt == 0 and store.num_gt == 0 and store.num_generated == len(world["samples"])
+
+
+def test_too_long_programs_are_dropped_and_counted(tmp_path, world, tok):
+    limit = 14
+    lens = [len(encode_program(tok, s["code"])) for s in world["samples"]]
+    s = _run(world, tmp_path / "short", cfg=AnnotateConfig(batch_size=4, max_target_tokens=limit))
+    assert s.dropped_generated == sum(n > limit for n in lens) > 0
+    assert s.generated == sum(n <= limit for n in lens) > 0
+    assert s.dropped_gt == sum(len(p.solutions) for p in world["problems"])  # all solutions are longer
+    store = TransitionStore(tmp_path / "short")
+    assert all(r.num_tokens <= limit for r in store)
+    assert store.metadata["dropped_generated"] == s.dropped_generated
+    assert "dropped" in s.line()
+
+
+def test_samples_without_results_are_an_error_naming_them(tmp_path, world):
+    results = [r for r in world["results"] if not (r["sample_id"] == 2 and r["problem_id"].endswith("0001"))]
+    _write_jsonl(tmp_path / "partial.jsonl", results)
+    with pytest.raises(BcoderError, match=r"1 sample\(s\) have no execution result: toy/train/0001/2"):
+        _run(world, tmp_path / "out", results=str(tmp_path / "partial.jsonl"))
+    assert not (tmp_path / "out").exists()
+    bad = [*world["samples"], {"problem_id": "nope/1", "sample_id": 0, "code": "x"}]
+    _write_jsonl(tmp_path / "bad.jsonl", bad)
+    with pytest.raises(BcoderError, match="nope/1"):
+        _run(world, tmp_path / "out", samples=str(tmp_path / "bad.jsonl"))
+
+
+def test_cli_annotate(tmp_path, world):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = world["root"]
+    cmd = [
+        sys.executable, "-m", "jobs.cli", "annotate", "--model", str(world["ckpt"]), "--phi", str(world["phi"]),
+        "--problems", str(r / "problems.jsonl"), "--samples", str(r / "samples.jsonl"),
+        "--results", str(r / "results.jsonl"), "--out", str(tmp_path / "store"), "--batch-size", "5",
+        "--no-progress",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "annotate: wrote 23 programs (8 ground truth, 15 generated" in run.stderr
+    store = TransitionStore(tmp_path / "store")
+    assert len(store) == 23 and store.has_v_phi
+    run = subprocess.run([*cmd[:-7], "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    assert (
+        run.returncode == 2 and run.stderr.startswith("error: ") and "--samples and --results" in run.stderr
+    )
