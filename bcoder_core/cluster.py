@@ -33,14 +33,23 @@ from bcoder_core.errors import BcoderError
 
 #: stage -> manifest file in the manifests directory.
 STAGE_MANIFESTS: dict[str, str] = {
+    "prepare": "prepare-job.yaml",
+    "sft": "sft-job.yaml",
+    "annotate": "annotate-job.yaml",
     "phi": "phi-job.yaml",
     "theta": "theta-job.yaml",
     "sample": "sample-job.yaml",
     "execute": "execute-job.yaml",
     "evaluate": "evaluate-job.yaml",
+    "rank": "rank-job.yaml",
 }
 #: Stages whose command line takes ``key=value`` config overrides (``bcoder train``).
-TRAIN_STAGES = frozenset({"phi", "theta"})
+TRAIN_STAGES = frozenset({"sft", "phi", "theta"})
+#: ``--set KEY=V`` that sets an environment variable instead of ``--KEY V``: a positional argument
+#: of the command line spelled as ``$(VAR)`` in the manifest (``bcoder data prepare $(BCODER_DATASET)``).
+ENV_SETS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "prepare": {"dataset": ("BCODER_DATASET", ("apps", "mbpp", "humaneval"))},
+}
 RUN_CONFIGMAP = "bcoder-run"
 RUN_URI_ENV = "BCODER_RUN_URI"
 CONTAINER = "bcoder"
@@ -49,6 +58,9 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 _RUN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$")
 _OUTPUT_OPTIONS = ("--out", "--out-json", "--out-md")
 _SHARD_ARG = re.compile(r"^\$\(JOB_COMPLETION_INDEX\)/(\d+)$")
+#: The per-pod part of a sharded output: ``.../part-$(JOB_COMPLETION_INDEX)-of-4.jsonl`` (a file) or
+#: ``.../part-$(JOB_COMPLETION_INDEX)-of-4`` (a directory: one part of a transition store).
+_PART_ARG = re.compile(r"/(part-\$\(JOB_COMPLETION_INDEX\)-of-\d+(?:\.[^/]*)?)$")
 
 
 def manifests_dir() -> Path:
@@ -138,9 +150,29 @@ def _set_shards(job: dict, args: list[str], shards: int) -> None:
     for i, arg in enumerate(args):
         if _SHARD_ARG.match(arg):
             args[i] = f"$(JOB_COMPLETION_INDEX)/{shards}"
-        elif f"-of-{old}." in arg:
+        elif _PART_ARG.search(arg):
             # Per-shard output names carry the shard count so parts of different splits never mix.
-            args[i] = arg.replace(f"-of-{old}.", f"-of-{shards}.")
+            args[i] = re.sub(rf"-of-{old}(?=\.[^/]*$|$)", f"-of-{shards}", arg)
+
+
+def _set_out_prefix(args: list[str], value: str) -> bool:
+    """``--set out=PREFIX`` on a sharded stage: PREFIX is where the parts go, each pod keeping its own
+    ``part-I-of-N`` name (one literal path would have every pod overwrite the same output)."""
+    for i, arg in enumerate(args):
+        found = _PART_ARG.search(arg) if i > 0 and args[i - 1] == "--out" else None
+        if found and not _PART_ARG.search(value):
+            args[i] = f"{value.rstrip('/')}/{found.group(1)}"
+            return True
+    return False
+
+
+def _set_env(container: dict, stage: str, key: str, value: str) -> None:
+    """``--set KEY=V`` for a positional argument of the command line: the literal value of its variable."""
+    name, choices = ENV_SETS[stage][key]
+    if value not in choices:
+        raise BcoderError(f"--set {key}={value}: choose one of {', '.join(choices)}")
+    env = [e for e in container.get("env", []) if e.get("name") != name]
+    container["env"] = [*env, {"name": name, "value": value}]
 
 
 @dataclass(frozen=True)
@@ -160,17 +192,17 @@ class RenderedJob:
     def artifacts(self) -> list[str]:
         """Where the Job writes: its output options (``--out``, ``--out-json``, ``--out-md``, the
         ``output=`` config key) with the run URI filled in; ``*`` stands for the shard index."""
-        args = _container(self.body).get("args", [])
+        container = _container(self.body)
+        args = container.get("args", [])
         found = []
         for i, arg in enumerate(args):
             if arg in _OUTPUT_OPTIONS and i + 1 < len(args):
                 found.append(args[i + 1])
             elif arg.startswith("output="):
                 found.append(arg.partition("=")[2])
-        return [
-            a.replace(f"$({RUN_URI_ENV})", self.run_uri).replace("$(JOB_COMPLETION_INDEX)", "*")
-            for a in found
-        ]
+        literal = {f"$({e['name']})": e["value"] for e in container.get("env", []) if "value" in e}
+        literal["$(JOB_COMPLETION_INDEX)"] = "*"
+        return [re.sub(r"\$\(\w+\)", lambda m: literal.get(m.group(0), m.group(0)), a) for a in found]
 
 
 def render_job(
@@ -190,7 +222,9 @@ def render_job(
     ``<runs_root>/<run_name>`` and goes into ``BCODER_RUN_URI`` as a literal value. ``sets`` are
     ``key=value`` strings: for the training stages a config override (``optim.lr=1e-5``) added to
     the command line or replacing the same key; for the others the value of ``--key``
-    (``num-samples=50`` sets ``--num-samples 50``). ``shards`` resizes an Indexed Job.
+    (``num-samples=50`` sets ``--num-samples 50``), except ``out=PREFIX`` on a sharded stage (the
+    prefix of the pods' ``part-I-of-N`` outputs) and the keys of :data:`ENV_SETS` (``dataset=mbpp``
+    for prepare: the value of ``$(BCODER_DATASET)``). ``shards`` resizes an Indexed Job.
     """
     check_run_name(run_name)
     job = copy.deepcopy(load_job(stage, manifests))
@@ -222,6 +256,10 @@ def render_job(
             raise BcoderError(f"--set {item!r}: expected key=value")
         if stage in TRAIN_STAGES:
             _set_override(args, key, value)
+        elif key in ENV_SETS.get(stage, {}):
+            _set_env(container, stage, key, value)
+        elif key.lstrip("-") == "out" and _set_out_prefix(args, value):
+            pass
         else:
             _set_option(args, "--" + key.lstrip("-"), value)
     container["args"] = args

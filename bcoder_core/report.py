@@ -2,17 +2,21 @@
 bootstrap intervals, and PNG plots (training curves, pass@k by method and difficulty).
 
 Inputs are the evaluation reports the `evaluate` stages wrote (``eval/<method>.json``, with
-per-problem rows) and the training histories (``<stage>/final/history.json``).
+per-problem rows) and the training histories (``<stage>/final/history.json``), read by URI under the
+run prefix: a local run directory, or ``s3://...`` (each fetched and verified through
+``bcoder_core.storage``; of a checkpoint only its ``history.json`` is read, not its weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bcoder_core import storage
 from bcoder_core.errors import BcoderError
 
 METHOD_NAMES = {
@@ -96,7 +100,30 @@ def _gain_line(name: str, g: dict[str, float]) -> str:
     return f"| {name} | {100 * g['gain']:+.1f} | [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}] | {excl} | {int(g['n'])} |"
 
 
-def _plot_curves(run_dir: Path, out: Path) -> Path | None:
+def _read_json(uri: str) -> Any | None:
+    """The JSON at ``uri`` (a local file, or a committed S3 artifact fetched and verified), or None."""
+    if not storage.is_s3(uri):
+        p = Path(uri)
+        return json.loads(p.read_text()) if p.exists() else None
+    return json.loads(storage.input_path(uri).read_text()) if storage.exists(uri) else None
+
+
+def _member_json(uri: str, rel: str) -> Any | None:
+    """The JSON file ``rel`` of the directory artifact at ``uri``, or None; on S3 only that one file
+    is read (a checkpoint's weights stay where they are), checked against the manifest's digest."""
+    if not storage.is_s3(uri):
+        p = Path(uri) / rel
+        return json.loads(p.read_text()) if p.exists() else None
+    if not storage.exists(uri):
+        return None
+    entry = next((f for f in storage.read_manifest(uri)["files"] if f["path"] == rel), None)
+    data = None if entry is None else storage.backend_for(uri).read_bytes(storage.join(uri, rel))
+    if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return None
+    return json.loads(data)
+
+
+def _plot_curves(run_dir: str, out: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,9 +131,9 @@ def _plot_curves(run_dir: Path, out: Path) -> Path | None:
 
     histories = {}
     for stage in ("sft", "phi", "theta", "theta-ce"):
-        p = run_dir / stage / "final" / "history.json"
-        if p.exists():
-            histories[stage] = json.loads(p.read_text())
+        hist = _member_json(f"{run_dir}/{stage}/final", "history.json")
+        if hist is not None:
+            histories[stage] = hist
     if not histories:
         return None
     fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False)
@@ -160,15 +187,17 @@ def _plot_passk(reports: dict[str, dict[str, Any]], ks: list[int], out: Path) ->
     return out
 
 
-def _value_section(run_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
+def _value_section(run_dir: str) -> tuple[list[str], dict[str, Any] | None]:
     """Within-problem AUC of V_φ on the replay data: whether L_Q and R̃ have a value signal to use."""
-    store_dir = run_dir / "transitions-phi"
-    if not (store_dir / "manifest.json").exists():
-        return [], None
+    from bcoder_core.errors import BcoderError
     from bcoder_core.rl.diagnostics import value_discrimination
     from bcoder_core.rl.transitions import open_store
 
-    r = value_discrimination(open_store(store_dir))
+    try:  # one store or a store of parts (a fanned-out annotate), local or on S3
+        store = open_store(f"{run_dir}/transitions-phi")
+    except BcoderError:
+        return [], None  # not annotated with φ (yet): no section
+    r = value_discrimination(store)
     return [
         "## Value model — does V_φ separate the programs of one problem?",
         "",
@@ -187,18 +216,29 @@ def _value_section(run_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
     ], r
 
 
-def write_report(cfg: Any) -> Report:
-    """Write ``<run_dir>/report.md`` (``report-val.md`` when the run evaluates the validation split)
-    and its plots from the run's evaluation reports."""
-    run_dir = Path(cfg.run_dir)
+def report_name(cfg: Any) -> str:
+    """``report`` (``report-val`` for the validation split): the report's file stem, and on S3 the
+    directory artifact under the run prefix that holds it and its plots."""
+    split = getattr(cfg, "eval_split", "test")
+    return "report" if split == "test" else f"report-{split}"
+
+
+def write_report(cfg: Any, out_dir: Path | None = None) -> Report:
+    """Write ``report.md`` (``report-val.md`` when the run evaluates the validation split) and its
+    plots from the run's evaluation reports into ``out_dir`` (default: the local run directory)."""
+    run_dir = str(cfg.run_dir).rstrip("/")
+    if out_dir is None:
+        if storage.is_s3(run_dir):
+            raise BcoderError(f"{run_dir}: a report of an S3 run needs a local directory to write to")
+        out_dir = Path(run_dir)
     split = getattr(cfg, "eval_split", "test")
     suffix = "" if split == "test" else f"-{split}"
-    eval_dir = run_dir / f"eval{suffix}"
+    eval_dir = f"{run_dir}/eval{suffix}"
     reports: dict[str, dict[str, Any]] = {}
     for method in METHOD_NAMES:
-        p = eval_dir / f"{method}.json"
-        if p.exists():
-            reports[method] = json.loads(p.read_text())
+        rep = _read_json(f"{eval_dir}/{method}.json")
+        if rep is not None:
+            reports[method] = rep
     if "ckpt" not in reports or "bcoder" not in reports:
         raise BcoderError(
             f"{eval_dir}: the ckpt and bcoder evaluation reports are missing; run the pipeline first"
@@ -227,15 +267,20 @@ def write_report(cfg: Any) -> Report:
             *_aligned(pp["bcoder"]["unranked"], pp["ce-only"]["unranked"])
         )
 
-    curves = _plot_curves(run_dir, run_dir / "training_curves.png")
-    passk = _plot_passk(reports, ks, run_dir / f"pass_at_k{suffix}.png")
-    timings = (
-        json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
-    )
+    curves = _plot_curves(run_dir, out_dir / "training_curves.png")
+    passk = _plot_passk(reports, ks, out_dir / f"pass_at_k{suffix}.png")
+    timings_text = storage.read_text(storage.join(run_dir, "timings.json"))
+    timings = json.loads(timings_text) if timings_text else {}
 
     ts = cfg.test_sampling
+    kind = getattr(getattr(cfg, "dataset", None), "kind", "builtin")
+    on = (
+        "the built-in benchmark"
+        if kind == "builtin"
+        else {"apps": "APPS", "mbpp": "MBPP"}.get(kind, "HumanEval")
+    )
     md = [
-        "# B-Coder on the built-in benchmark",
+        f"# B-Coder on {on}",
         "",
         f"Run directory `{run_dir}`. {'Test' if split == 'test' else 'Validation'} split sampled with m = {ts.num_samples}, T = {ts.temperature}, "
         f"top-p = {ts.top_p}; ranking by the learned reward R̃ of the trained θ (+φ). Every number is a "
@@ -296,10 +341,10 @@ def write_report(cfg: Any) -> Report:
     if timings:
         md += ["## Stage times (seconds, this invocation and earlier ones)", ""]
         md += ["| stage | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], ""]
-    path = run_dir / f"report{suffix}.md"
+    path = out_dir / f"report{suffix}.md"
     path.write_text("\n".join(md))
 
-    summary = ["", "B-Coder on the built-in benchmark — summary", ""]
+    summary = ["", f"B-Coder on {on} — summary", ""]
     for name, g in gains.items():
         summary.append(f"  {name:<58} {100 * g['gain']:+6.1f}  [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]")
     summary.append("")

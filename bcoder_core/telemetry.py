@@ -4,7 +4,9 @@ All metrics live in one dedicated :data:`REGISTRY` (plus the standard process an
 collectors), never in prometheus-client's global default registry, so tests can read exact values
 with ``REGISTRY.get_sample_value(name, labels)`` and nothing else in the process leaks in.
 
-Rank 0 of a training job calls :func:`serve` once; Prometheus scrapes ``/metrics`` on the port
+Rank 0 of a training job calls :func:`serve` once; the other stage commands (sample, annotate,
+rank) run inside :func:`stage_run`, which serves when ``$BCODER_METRICS_PORT`` is set (the Jobs in
+``k8s/`` set it) and records the stage's start and end; Prometheus scrapes ``/metrics`` on the port
 named ``metrics`` (default 9090, see ``k8s/monitoring/podmonitor.yaml``). Every ``record_*``
 call is a few dictionary look-ups and additions under a lock, so stages call them unconditionally
 (on every rank, served or not). The end of a stage (:func:`record_stage_completed` /
@@ -52,11 +54,13 @@ Times (``*_time_seconds``) are Unix timestamps in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -73,6 +77,8 @@ from prometheus_client.core import GaugeMetricFamily
 from bcoder_core.errors import BcoderError
 
 DEFAULT_PORT = 9090
+#: Set in a pod's environment (``k8s/*-job.yaml``): the port a non-training stage serves metrics on.
+METRICS_PORT_ENV = "BCODER_METRICS_PORT"
 
 disable_created_metrics()  # no *_created series: they double the series count and nothing reads them
 
@@ -301,16 +307,39 @@ def record_samples(n: int) -> None:
     SAMPLES.inc(max(0, int(n)))
 
 
-def record_stage_started(stage: str) -> None:
+def record_stage_started(stage: str, *, steps: bool = True) -> None:
     """``stage`` starts in this process: running = 1, start time now, its step counter exported at 0.
 
     Calling it is optional (the first ``record_step`` also marks the stage running), but it lets
-    the "training stalled" alert see a stage that hangs before its first step.
+    the "training stalled" alert see a stage that hangs before its first step. ``steps=False`` for
+    a stage without optimiser steps (sample, annotate, rank): no step counter, so the stalled alert
+    (running and no step for 15 minutes) never takes a long sampling pass for a hang.
     """
     STAGE_RUNNING.labels(stage).set(1)
     STAGE_START.labels(stage).set(time.time())
-    STEPS.labels(stage)  # create the series at 0
+    if steps:
+        STEPS.labels(stage)  # create the series at 0
     STAGE_FAILURES.labels(stage)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str) -> Iterator[None]:
+    """Run a non-training stage command: serve ``/metrics`` on ``$BCODER_METRICS_PORT`` when it is set,
+    and record the stage's start, then its success or failure (any exception, re-raised)."""
+    port = os.environ.get(METRICS_PORT_ENV, "").strip()
+    if port:
+        try:
+            number = int(port)
+        except ValueError:
+            raise BcoderError(f"{METRICS_PORT_ENV}={port!r}: expected a port number") from None
+        serve(number)
+    record_stage_started(stage, steps=False)
+    try:
+        yield
+    except BaseException:
+        record_stage_failed(stage)
+        raise
+    record_stage_completed(stage)
 
 
 def record_stage_completed(stage: str) -> None:

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from jobs.options import Flag, Param, stage_command
-from jobs.params import PHI, PROBLEMS, PROGRESS, SAMPLES
+from jobs.params import PHI, PROBLEMS, PROGRESS, SAMPLES, SHARD
 
 _DOC = """Annotate programs with the frozen models' per-token columns (DESIGN §2.6).
 
@@ -22,7 +22,13 @@ PARAMS = [
     PROBLEMS,
     dataclasses.replace(SAMPLES, help="Generated programs (samples JSONL).", required=False),
     Param("results", ("--results",), "Their execution results (JSONL)."),
-    Param("out", ("--out",), "Where to write the transition store (URI).", required=True),
+    Param(
+        "out",
+        ("--out",),
+        "Where to write the transition store (URI); with --shard I/N, its part .../part-I-of-N.",
+        required=True,
+    ),
+    SHARD,
     PROGRESS,
 ]
 NO_GROUND_TRUTH = Flag(
@@ -31,9 +37,11 @@ NO_GROUND_TRUTH = Flag(
 
 
 def _run(cfg, **io) -> None:
+    from bcoder_core import telemetry
     from bcoder_core.rl.annotate import run_annotate
 
-    print(run_annotate(cfg=cfg, **io).line(), file=sys.stderr)
+    with telemetry.stage_run("annotate"):
+        print(run_annotate(cfg=cfg, **io).line(), file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,9 +33,14 @@ def run_pipeline(
     an output changed since its commit is removed and made again.
     """
     from bcoder_core import storage
-    from bcoder_core.config import load_config, save_config
-    from bcoder_core.pipeline import PipelineConfig, run
+    from bcoder_core.config import config_to_dict, load_config, save_config
+    from bcoder_core.pipeline import PipelineConfig, report_stage, run
     from bcoder_core.report import write_report
+
+    def config_yaml(cfg: PipelineConfig) -> str:
+        import yaml
+
+        return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
     extra = list(overrides or [])
     if run_dir is not None:
@@ -44,13 +49,88 @@ def run_pipeline(
         extra.append("verify=sha256")
     cfg = load_config(PipelineConfig, config, extra)
     storage.check_output_root(cfg.run_dir)  # a file or a read-only place: one line, nothing written
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, Path(cfg.run_dir) / "pipeline.yaml")
+    if storage.is_s3(cfg.run_dir):
+        storage.write_text(storage.join(cfg.run_dir, "pipeline.yaml"), config_yaml(cfg))
+    else:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     run(cfg, echo=typer.echo, only=only)
-    if not only:
+    if only:
+        return
+    if not storage.is_s3(cfg.run_dir):
         report = write_report(cfg)
         typer.echo(report.summary)
         typer.echo(f"report: {report.markdown_path}")
+        return
+    out = report_stage(cfg).output
+    _publish_report(cfg, out)
+
+
+def _publish_report(cfg, out: str) -> None:
+    """Write the report of ``cfg``'s run into a staging directory and commit it at ``out``."""
+    from bcoder_core import storage
+    from bcoder_core.report import report_name, write_report
+
+    storage.check_output(out, kind="report")
+    with storage.output_path(out, kind="report", config={"run_dir": cfg.run_dir}) as path:
+        path.mkdir(parents=True, exist_ok=True)
+        report = write_report(cfg, out_dir=path)
+    typer.echo(report.summary)
+    typer.echo(f"report: {out}/{report_name(cfg)}.md")
+
+
+@pipeline_app.command("report")
+def report_cmd(
+    run_dir: str = typer.Option(..., "--run-dir", help="The run prefix (local directory or s3://...)."),
+    out: str = typer.Option(..., "--out", help="Directory artifact to commit report.md and its plots to."),
+    eval_split: str = typer.Option("test", "--eval-split", help="The evaluated split: test or val."),
+    dataset: str = typer.Option("builtin", "--dataset", help="The run's dataset.kind (the report's title)."),
+    num_samples: int = typer.Option(..., "--num-samples", help="test_sampling.num_samples (for the text)."),
+    temperature: float = typer.Option(..., "--temperature", help="test_sampling.temperature."),
+    top_p: float = typer.Option(..., "--top-p", help="test_sampling.top_p."),
+) -> None:
+    """Write the run's report from its evaluation reports and commit it (the workflow's last step)."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(
+        run_dir=run_dir,
+        eval_split=eval_split,
+        dataset=SimpleNamespace(kind=dataset),
+        test_sampling=SimpleNamespace(num_samples=num_samples, temperature=temperature, top_p=top_p),
+    )
+    _publish_report(cfg, out)
+
+
+@pipeline_app.command("step")
+def step_cmd(
+    output: str = typer.Option(..., "--output", help="The URI the stage commits."),
+    torchrun: bool = typer.Option(
+        False, "--torchrun", help="A training stage: start it with torchrun over this node's GPUs."
+    ),
+    verify: str = typer.Option(
+        "sizes", "--verify", help="How a committed output is checked: sizes or sha256."
+    ),
+    argv: list[str] = typer.Argument(..., help="The stage's bcoder command line (after --)."),
+) -> None:
+    """Run one stage (a workflow step) unless its output is committed and verifies: exit 0 at once then.
+
+    The stage's exit status is this command's (2 stays 2: a configuration error a retry cannot fix).
+    """
+    import sys
+
+    from bcoder_core.errors import BcoderError
+    from bcoder_core.pipeline import Stage, StageFailed, run_stage
+
+    if verify not in ("sizes", "sha256"):
+        raise BcoderError(f"--verify {verify!r}: must be sizes or sha256")
+    name = " ".join(argv[:2]) if argv[0] in ("train", "data", "benchmark", "pipeline") else argv[0]
+    try:
+        run_stage(
+            Stage(name, list(argv), output), sha256=verify == "sha256", echo=typer.echo, torchrun=torchrun
+        )
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.code) from None
 
 
 @pipeline_app.command("stages")

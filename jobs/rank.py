@@ -7,7 +7,7 @@ import sys
 import typer
 
 from jobs.options import Param, stage_command
-from jobs.params import PHI, PROBLEMS, PROGRESS, SAMPLES
+from jobs.params import PHI, PROBLEMS, PROGRESS, SAMPLES, SHARD
 
 _DOC = """Score every sample with the learned reward R̃(W) = Σ_t r̃_θ(s_t, a_t) (DESIGN §2.8).
 
@@ -19,14 +19,16 @@ OUT = Param("out", ("--out",), "Samples JSONL with a `score` field (URI).", requ
 
 
 def _run(cfg, **io) -> None:
+    from bcoder_core import telemetry
     from bcoder_core.rl.ranking import run_rank
 
-    print(run_rank(cfg=cfg, **io).line(), file=sys.stderr)
+    with telemetry.stage_run("rank"):
+        print(run_rank(cfg=cfg, **io).line(), file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
     """Add `bcoder rank`."""
     from bcoder_core.rl.configs import RankConfig
 
-    params = [MODEL, PHI, PROBLEMS, SAMPLES, OUT, PROGRESS]
+    params = [MODEL, PHI, PROBLEMS, SAMPLES, OUT, SHARD, PROGRESS]
     app.command("rank")(stage_command(RankConfig, _run, name="rank", doc=_DOC, params=params))

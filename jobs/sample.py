@@ -14,9 +14,11 @@ OUT = Param("out", ("--out",), "Samples JSONL to write (URI).", required=True)
 
 
 def _run(cfg, **io) -> None:
+    from bcoder_core import telemetry
     from bcoder_core.rl.sampling import run_sample
 
-    n = run_sample(cfg=cfg, **io)
+    with telemetry.stage_run("sample"):
+        n = run_sample(cfg=cfg, **io)
     print(f"sample: wrote {n} samples to {io['out']}", file=sys.stderr)
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 import typer
 
-JOB_STAGES = ("phi", "theta", "sample", "execute", "evaluate")
+JOB_STAGES = ("prepare", "sft", "annotate", "phi", "theta", "sample", "execute", "evaluate", "rank")
 """Stages with a Job manifest in k8s/ (``k8s/<stage>-job.yaml``)."""
 
 
@@ -17,8 +17,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("submit")
     def submit_cmd(
-        stage: Literal[JOB_STAGES] = typer.Argument(  # type: ignore[valid-type]
-            ..., help="Stage to run: its Job is k8s/<stage>-job.yaml."
+        stage: Literal[(*JOB_STAGES, "pipeline")] = typer.Argument(  # type: ignore[valid-type]
+            ...,
+            help="Stage to run: its Job is k8s/<stage>-job.yaml; pipeline: the whole run as an Argo Workflow.",
+        ),
+        config: Path | None = typer.Option(
+            None, "--config", help="pipeline: the run description (default configs/apps.yaml)."
         ),
         run_name: str | None = typer.Option(
             None,
@@ -30,12 +34,15 @@ def register(app: typer.Typer) -> None:
         sets: list[str] = typer.Option(
             [],
             "--set",
-            help="key=value. phi/theta: a config override (optim.lr=1e-5); other stages: the value of "
-            "--key (num-samples=50). Repeatable.",
+            help="key=value. sft/phi/theta: a config override (optim.lr=1e-5); other stages: the value of "
+            "--key (num-samples=50); out=PREFIX of a sharded stage: where its parts go; prepare: "
+            "dataset=apps|mbpp|humaneval. Repeatable.",
         ),
         image: str | None = typer.Option(None, "--image", help="Container image (default: the manifest's)."),
         shards: int | None = typer.Option(
-            None, "--shards", help="sample/execute: number of pods (completions, parallelism and --shard N)."
+            None,
+            "--shards",
+            help="sample/execute/annotate/rank: number of pods (completions, parallelism and --shard N).",
         ),
         runs_root: str | None = typer.Option(
             None,
@@ -62,6 +69,14 @@ def register(app: typer.Typer) -> None:
 
         Example: bcoder submit phi --run-name apps-1 --set max_steps=100 --follow
         """
+        if stage == "pipeline":  # --- pipeline branch (jobs/submit_pipeline.py) ---
+            from jobs.submit_pipeline import submit_pipeline
+
+            submit_pipeline(
+                config=config, run_name=run_name, namespace=namespace, image=image, runs_root=runs_root,
+                dry_run=dry_run, kubeconfig=kubeconfig, context=context, manifests=manifests, sets=sets,
+            )  # fmt: skip
+            return  # --- end of pipeline branch ---
         import yaml
 
         from bcoder_core import cluster

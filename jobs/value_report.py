@@ -15,11 +15,10 @@ def value_report(
     Prints the AUC of V_φ at the last state, of its mean over the program, and of the checkpoint's
     Σ A_ckpt for comparison; 0.5 is chance. Ranking and L_Q help only where V_φ is above chance.
     """
-    from bcoder_core import storage
     from bcoder_core.rl.diagnostics import value_discrimination
     from bcoder_core.rl.transitions import open_store
 
-    r = value_discrimination(open_store(storage.input_path(transitions)))
+    r = value_discrimination(open_store(transitions))
     typer.echo(
         f"{r['generated_programs']} generated programs, {r['mixed_problems']} problems with passing and "
         f"failing ones; within-problem AUC: V_phi(last state) {r['v_last']:.3f}, "

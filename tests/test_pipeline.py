@@ -171,3 +171,40 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert ran and all("-val-" in name or name.startswith("sample-val") for name in ran), ran
     assert "Validation split" in (run_dir / "report-val.md").read_text()
     assert (run_dir / "report.md").read_text() == test_report  # the test report is untouched
+
+
+def test_apps_description_loads_and_plans_the_paper_run() -> None:
+    cfg = load_config(PipelineConfig, REPO / "configs" / "apps.yaml")
+    stages = plan(cfg)
+    names = [s.name for s in stages]
+    assert "sft" not in names and "benchmark" not in names  # the CodeRL checkpoint is given by URI
+    assert names[:2] == ["prepare-train", "prepare-test"]
+    assert stages[0].argv[:4] == ["data", "prepare", "apps", "--source"]
+    assert all(s.output.startswith("s3://bcoder/runs/apps/") for s in stages)
+    assert cfg.test_sampling.num_samples == 256 and cfg.test_sampling.temperature == 0.6
+    shards = [s for s in stages if s.group == "sample-test-bcoder"]
+    assert [s.shard for s in shards] == [(i, 8) for i in range(8)]
+    ranks = [s for s in stages if s.group == "rank-bcoder"]
+    assert [s.shard for s in ranks] == [(i, 4) for i in range(4)]
+    for rank in ranks:  # every rank shard reads the whole prefix of sample parts, writes its own part
+        assert rank.argv[rank.argv.index("--samples") + 1] == "s3://bcoder/runs/apps/samples/test-bcoder"
+        assert rank.output.startswith("s3://bcoder/runs/apps/samples/test-bcoder-ranked/part-")
+    execute = next(s for s in stages if s.group == "execute-test-bcoder")
+    assert (
+        execute.argv[execute.argv.index("--samples") + 1]
+        == "s3://bcoder/runs/apps/samples/test-bcoder-ranked"
+    )
+    annotate = [s for s in stages if s.group == "annotate"]
+    assert [s.output for s in annotate] == [
+        f"s3://bcoder/runs/apps/transitions/part-{i}-of-4" for i in range(4)
+    ]
+    phi_args = next(s for s in stages if s.name == "phi").argv
+    assert "transitions=s3://bcoder/runs/apps/transitions" in phi_args  # the parts, read as one store
+    assert next(s for s in stages if s.name == "phi").argv[3] == "configs/train/phi-apps.yaml"
+
+
+def test_checkpoint_or_sft_not_both(tmp_path: Path) -> None:
+    proc = _bcoder(
+        "pipeline", "stages", "--config", str(SMOKE), "checkpoint=s3://b/ckpt", cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "checkpoint" in proc.stderr

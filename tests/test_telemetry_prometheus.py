@@ -85,8 +85,8 @@ def test_prometheus_scrapes_a_real_phi_training_run(prometheus_factory, tmp_path
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$__rate_interval", "5s")
-            for var in ("$namespace", "$job_name", "$stage"):
+            expr = target["expr"].replace("$__rate_interval", "5s").replace("$__range", "5m")
+            for var in ("$namespace", "$job_name", "$stage", "$run"):
                 expr = expr.replace(var, ".*")
             result = prometheus.query_range(expr, started, ended + 1)
             if any(series in expr for series in TRAINING_SERIES):

@@ -139,10 +139,33 @@ def _check_resume(
         )
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+class _Progress:
+    """``executing k/N`` on stderr, at most once a second (and at the end).
 
-    return tqdm(total=total, desc="executing", unit="prog", disable=not enabled, file=sys.stderr)
+    Hand-made rather than tqdm: the evaluator image, which runs this stage, installs no tqdm.
+    """
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled and total > 0, 0
+        self._shown = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self._shown >= 1.0 or self.done == self.total):
+            self._shown = now
+            print(f"\rexecuting {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled and self._shown:
+            print(file=sys.stderr, flush=True)
+
+
+def _progress(total: int, enabled: bool) -> _Progress:
+    return _Progress(total, enabled)
 
 
 def run_execute(

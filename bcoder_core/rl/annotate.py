@@ -197,6 +197,8 @@ class _Programs:
 
         for rec in read_jsonl(samples, "samples"):
             pid, sid = str(rec["problem_id"]), _sample_id(rec["sample_id"])
+            if pid not in self.index:  # another shard's problem
+                continue
             ids = self._encode(rec["code"])
             if ids is None:
                 self.summary.dropped_generated += 1
@@ -361,12 +363,20 @@ def run_annotate(
     samples: str | None = None,
     results: str | None = None,
     progress: bool = True,
+    shard: str | None = None,
 ) -> AnnotateSummary:
-    """The ``bcoder annotate`` stage (module docstring)."""
+    """The ``bcoder annotate`` stage (module docstring).
+
+    ``shard`` ("I/N", ``bcoder_core.shards``): only the problems whose index is I mod N and their
+    samples; ``out`` is then part I of N of one store (``.../part-I-of-N``, see
+    ``bcoder_core.rl.transitions``). A shard may hold no programs (more pods than problems): its
+    part is an empty store, so that the N parts are still complete.
+    """
     from bcoder_core import storage
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.sampling import load_tokenizer_for, pick_device, progress_bar, resolve_model_dir
+    from bcoder_core.shards import WHOLE, parse_shard, shard_items
 
     tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
@@ -374,16 +384,19 @@ def run_annotate(
         raise BcoderError("annotate: --samples and --results go together")
     if not cfg.ground_truth and samples is None:
         raise BcoderError("annotate: nothing to annotate (--no-ground-truth and no --samples)")
+    shard_spec = parse_shard(shard)
     storage.check_output(out, kind="transitions")  # before the model is loaded
-    probs = read_problems(storage.input_path(problems))
+    all_probs = read_problems(storage.input_path(problems))
+    probs = shard_items(all_probs, shard_spec)
     samples_path = results_map = None
     n_samples = 0
     if samples is not None:
         samples_path = storage.input_path(samples)
         results_map = load_results(storage.input_path(results))
-        n_samples = check_samples(samples_path, results_map, {p.id for p in probs})
+        n_samples = check_samples(samples_path, results_map, {p.id for p in all_probs})
     n_gt = sum(len(p.solutions) for p in probs) if cfg.ground_truth else 0
-    if n_gt + n_samples == 0:
+    sharded = shard_spec != WHOLE
+    if n_gt + n_samples == 0 and not sharded:
         raise BcoderError(f"annotate: no programs: {problems} has no solutions and no samples were given")
 
     model_dir = resolve_model_dir(model)
@@ -412,6 +425,7 @@ def run_annotate(
         "problems": problems,
         "samples": samples,
         "results": results,
+        "shard": list(shard_spec),
         **asdict(cfg),
     }
     bar = progress_bar(n_gt + n_samples, "annotate", progress)
@@ -432,6 +446,7 @@ def run_annotate(
                 "max_source_tokens": cfg.max_source_tokens,
                 "max_target_tokens": cfg.max_target_tokens,
                 "alpha": cfg.alpha,
+                "shard": list(shard_spec),
             }
             with TransitionWriter(local, shard_size=cfg.shard_size, metadata=metadata) as writer:
                 for rec in annotate_items(
@@ -453,7 +468,7 @@ def run_annotate(
                         summary.generated += 1
                 writer.metadata["dropped_gt"] = summary.dropped_gt
                 writer.metadata["dropped_generated"] = summary.dropped_generated
-            if summary.programs == 0:
+            if summary.programs == 0 and not (sharded and n_gt + summary.dropped_generated == 0):
                 raise BcoderError(
                     f"annotate: every program is longer than --max-target-tokens {cfg.max_target_tokens}"
                 )

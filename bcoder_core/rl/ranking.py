@@ -168,9 +168,16 @@ def run_rank(
     out: str,
     cfg: RankConfig,
     progress: bool = True,
+    shard: str | None = None,
 ) -> RankSummary:
-    """The ``bcoder rank`` stage (module docstring)."""
+    """The ``bcoder rank`` stage (module docstring).
+
+    ``shard`` ("I/N", ``bcoder_core.shards``): only the samples of the problems whose index is
+    I mod N (pod I of an Indexed Job writes ``part-I-of-N.jsonl``; the prefix reads as one set).
+    """
     import json
+
+    from bcoder_core.shards import parse_shard, shard_items
 
     tokenizer, device, dtype = cfg.tokenizer, cfg.device, cfg.dtype
 
@@ -186,10 +193,19 @@ def run_rank(
         resolve_model_dir,
     )
 
+    shard_spec = parse_shard(shard)
     storage.check_output(out, kind="samples")  # before the model is loaded
-    probs = read_problems(storage.input_path(problems))
+    all_probs = read_problems(storage.input_path(problems))
+    probs = shard_items(all_probs, shard_spec)
+    known, in_shard = {p.id for p in all_probs}, {p.id for p in probs}
     samples_path = storage.input_path(samples)
-    n = sum(1 for _ in read_keyed(samples_path, "sample", required=("problem_id", "sample_id", "code")))
+
+    def wanted(recs: Iterable[dict]) -> Iterator[dict]:
+        # Another shard's samples are skipped; a sample of no problem at all stays an error (below).
+        return (r for r in recs if r.get("problem_id") in in_shard or r.get("problem_id") not in known)
+
+    keyed = read_keyed(samples_path, "sample", required=("problem_id", "sample_id", "code"))
+    n = sum(1 for _ in wanted(keyed))
     model_dir = resolve_model_dir(model)
     tok = load_tokenizer_for(model_dir, tokenizer)
     dev = pick_device(device)
@@ -209,6 +225,7 @@ def run_rank(
         "phi": phi,
         "problems": problems,
         "samples": samples,
+        "shard": list(shard_spec),
         **asdict(cfg),
     }
     bar = progress_bar(n, "rank", progress)
@@ -220,7 +237,7 @@ def run_rank(
                     m,
                     tok,
                     probs,
-                    read_jsonl(samples_path, "samples"),
+                    wanted(read_jsonl(samples_path, "samples")),
                     cfg,
                     device=dev,
                     dtype=dtype,

@@ -42,6 +42,18 @@ tensor              dtype     shape      content
 The shard's safetensors metadata holds ``problem_ids``: a JSON list, the problem id of each
 distinct prompt (``problem_id`` of record i = ``problem_ids[prompt_index[i]]``).
 
+A **sharded store** is what the pods of an Indexed annotate Job write: a directory (or S3 prefix)
+of parts, each a complete store of its own with its own manifest, written by pod I of N::
+
+    part-0-of-4/            index.json, shard-*.safetensors, manifest.json (a directory artifact)
+    part-1-of-4/            ...
+
+Read through the directory, it is one store: the parts' records in part order (part 0 first), its
+counts the sums, its metadata part 0's. Only once all N parts are committed (each has its index,
+and its manifest when it is an artifact); before that, opening it is one error naming the missing
+parts, so a trainer never takes 3 of 4 parts for the whole (the same rule as sharded JSONL outputs
+in ``bcoder_core.storage``).
+
 Prompts are stored once per problem and shard, so a problem's many programs cost their program
 tokens only. The writer keeps one shard in memory at a time; the reader memory-maps shards
 (``safe_open``), keeps at most ``cache_shards`` of them open and reads a record's token slices on
@@ -51,6 +63,7 @@ demand, so neither writing nor reading holds the whole store in memory.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -68,6 +81,8 @@ INDEX_FILE = "index.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
 DEFAULT_SHARD_SIZE = 4096
 IGNORE_INDEX = -100
+PART_PATTERN = "part-{}-of-{}"
+_PART = re.compile(r"^part-(\d+)-of-(\d+)$")
 
 
 @dataclass
@@ -357,22 +372,23 @@ class TransitionStore:
     on demand.
     """
 
-    def __init__(self, path: str | Path, *, cache_shards: int = 4) -> None:
+    def __init__(
+        self, path: str | Path, *, cache_shards: int = 4, parts: Sequence[Path] | None = None
+    ) -> None:
         self.path = Path(path)
         index_path = self.path / INDEX_FILE
-        if not index_path.is_file():
+        if parts is None and not index_path.is_file():
+            parts = committed_parts(self.path, [p.name for p in _subdirs(self.path)])
+            parts = None if parts is None else [self.path / name for name in parts]
+        if parts is None and not index_path.is_file():
             raise BcoderError(f"transition store {self.path}: no {INDEX_FILE} (not a transition store)")
-        try:
-            self.index = json.loads(index_path.read_text())
-        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a binary file
-            raise BcoderError(f"transition store {index_path}: broken JSON ({exc})") from exc
-        if not isinstance(self.index, dict):
-            raise BcoderError(f"transition store {index_path}: expected a JSON object")
-        if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
-            raise BcoderError(
-                f"transition store {self.path}: format {self.index.get('format')!r} version "
-                f"{self.index.get('version')!r}, expected {FORMAT!r} version {VERSION}"
-            )
+        #: Directory of each shard's part (one entry, the store itself, unless it is sharded).
+        self._roots: list[Path] = list(parts) if parts is not None else [self.path]
+        if parts is None:
+            self.index = _read_index(self.path)
+        else:
+            self.index = _joined_index(self.path, [_read_index(p) for p in self._roots])
+            index_path = self._roots[0] / INDEX_FILE
         self.cache_shards = max(1, int(cache_shards))
         # The counts and shard list every reader relies on; a hand-edited or torn index fails here, named.
         try:
@@ -395,6 +411,15 @@ class TransitionStore:
         self._gt_mask: np.ndarray | None = None
         self.shard_loads = 0
         """How many times a shard was opened (for tests and diagnostics)."""
+
+    def reopen(self) -> TransitionStore:
+        """Another reader of the same store (same parts), e.g. one per loader thread."""
+        parts = None if self._roots == [self.path] else self._roots
+        return TransitionStore(self.path, cache_shards=self.cache_shards, parts=parts)
+
+    def _file(self, info: dict[str, Any]) -> Path:
+        """The shard file of index entry ``info`` (in its part's directory for a sharded store)."""
+        return self._roots[int(info.get("part", 0))] / info["file"]
 
     # -- counts and metadata
     def __len__(self) -> int:
@@ -441,8 +466,8 @@ class TransitionStore:
             self._cache.move_to_end(k)
             return sh
         info = self._shard_info[k]
-        sh = _Shard(self.path / info["file"], self.has_v_phi)
-        _check_count(self.path / info["file"], len(sh), info)
+        sh = _Shard(self._file(info), self.has_v_phi)
+        _check_count(self._file(info), len(sh), info)
         self.shard_loads += 1
         self._cache[k] = sh
         while len(self._cache) > self.cache_shards:
@@ -478,7 +503,7 @@ class TransitionStore:
 
             parts = []
             for s in self._shard_info:
-                path = self.path / s["file"]
+                path = self._file(s)
                 try:
                     with safe_open(str(path), framework="np") as f:
                         parts.append(f.get_tensor("is_gt").astype(bool))
@@ -499,7 +524,128 @@ class TransitionStore:
 
 
 def open_store(path: str | Path, *, cache_shards: int = 4) -> TransitionStore:
-    return TransitionStore(path, cache_shards=cache_shards)
+    """The store at ``path``: a store directory, a directory of committed parts, or an S3 prefix
+    of either (each part downloaded and verified against its manifest)."""
+    from bcoder_core import storage
+
+    uri = str(path)
+    if storage.exists(uri):  # one committed store: read through its verified manifest
+        return TransitionStore(storage.input_path(uri), cache_shards=cache_shards)
+    if not storage.is_s3(uri):
+        return TransitionStore(path, cache_shards=cache_shards)  # a plain directory, or one of parts
+    names = committed_parts(
+        uri, _s3_subprefixes(uri), committed=lambda n: storage.exists(storage.join(uri, n))
+    )
+    if names is None:
+        raise BcoderError(f"transition store {uri}: no store here (no manifest, no part-I-of-N parts)")
+    local = [storage.input_path(storage.join(uri, n)) for n in names]
+    return TransitionStore(local[0].parent, cache_shards=cache_shards, parts=local)
+
+
+def part_name(shard: tuple[int, int]) -> str:
+    """The name of part I of N of a sharded store (``part-0-of-4``)."""
+    return PART_PATTERN.format(*shard)
+
+
+def committed_parts(where: str | Path, names: Iterable[str], *, committed: Any = None) -> list[str] | None:
+    """The part names among ``names`` in part order, when all N are committed; None if there are none.
+
+    ``committed(name)`` says whether a part is complete (default: a local part directory with its
+    index: the writer writes it last). Parts of different
+    splits, or a part not committed yet, are one error naming them.
+    """
+    found = {m.group(0): (int(m.group(1)), int(m.group(2))) for m in map(_PART.match, names) if m}
+    if not found:
+        return None
+    counts = {n for _, n in found.values()}
+    if len(counts) > 1:
+        raise BcoderError(f"transition store {where}: parts of different splits: {', '.join(sorted(found))}")
+    (n,) = counts
+    if committed is None:
+        root = Path(where)
+
+        # The writer writes a part's index last, and a local artifact is renamed into place whole.
+        def committed(name: str) -> bool:
+            return (root / name / INDEX_FILE).is_file()
+
+    want = [part_name((i, n)) for i in range(n)]
+    missing = [name for name in want if name not in found or not committed(name)]
+    if missing:
+        raise BcoderError(
+            f"transition store {where}: incomplete: {len(missing)} of {n} parts not committed yet "
+            f"(missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+        )
+    return want
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _s3_subprefixes(uri: str) -> list[str]:
+    """The "directories" directly under an S3 prefix (the parts of a sharded store)."""
+    from bcoder_core.storage import s3
+
+    bucket, key = s3.split(uri.rstrip("/"))
+    names: list[str] = []
+    with s3._s3_call(uri):
+        for page in (
+            s3.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=key + "/", Delimiter="/")
+        ):
+            names.extend(p["Prefix"][len(key) + 1 :].rstrip("/") for p in page.get("CommonPrefixes", []))
+    return sorted(names)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    index_path = path / INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text())
+    except OSError as exc:
+        raise BcoderError(f"transition store {path}: no {INDEX_FILE} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a binary file
+        raise BcoderError(f"transition store {index_path}: broken JSON ({exc})") from exc
+    if not isinstance(index, dict):
+        raise BcoderError(f"transition store {index_path}: expected a JSON object")
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise BcoderError(
+            f"transition store {path}: format {index.get('format')!r} version "
+            f"{index.get('version')!r}, expected {FORMAT!r} version {VERSION}"
+        )
+    return index
+
+
+def _joined_index(path: Path, indexes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One index for the parts of a sharded store: their shards in part order, their counts summed."""
+    try:
+        with_records = [ix for ix in indexes if int(ix["num_records"])]
+        v_phi = {bool(ix["has_v_phi"]) for ix in with_records}
+        totals = {
+            key: sum(int(ix[key]) for ix in indexes)
+            for key in ("num_records", "num_gt", "num_generated", "num_program_tokens")
+        }
+        shards = [{**s, "part": k} for k, ix in enumerate(indexes) for s in ix["shards"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise BcoderError(f"transition store {path}: malformed part index ({detail})") from None
+    if len(v_phi) > 1:
+        raise BcoderError(f"transition store {path}: some parts have v_phi and some do not")
+    metadata = {k: v for k, v in indexes[0].get("metadata", {}).items() if k != "shard"}
+    for key in ("dropped_gt", "dropped_generated"):
+        if key in metadata:
+            metadata[key] = sum(int(ix.get("metadata", {}).get(key, 0)) for ix in indexes)
+    return {
+        **indexes[0],
+        **totals,
+        "has_v_phi": v_phi.pop() if v_phi else False,
+        "shards": shards,
+        "metadata": metadata,
+        "parts": len(indexes),
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -39,17 +38,17 @@ def mixed_sampler(store: Any, cfg: PhiConfig | ThetaConfig, info: DistInfo, stag
     return sampler
 
 
-def store_loader(path: str | Path, grad_accum: int, pad_id: int) -> Callable[[list[int]], list[dict]]:
-    """A thread-safe ``load(indices)`` for :class:`Prefetcher`: records of the transition store at
-    ``path`` (one reader per thread), split into ``grad_accum`` micro-batches and collated."""
-    from bcoder_core.rl.transitions import collate, open_store
+def store_loader(store: Any, grad_accum: int, pad_id: int) -> Callable[[list[int]], list[dict]]:
+    """A thread-safe ``load(indices)`` for :class:`Prefetcher`: records of the transition store
+    ``store`` (one reader per thread), split into ``grad_accum`` micro-batches and collated."""
+    from bcoder_core.rl.transitions import collate
 
     local = threading.local()
 
     def load(indices: list[int]) -> list[dict]:
         reader = getattr(local, "store", None)
         if reader is None:
-            reader = local.store = open_store(path)
+            reader = local.store = store.reopen()
         records = reader.get_many(indices)
         return [collate(part, pad_id) for part in split_micro(records, grad_accum)]
 
@@ -59,7 +58,7 @@ def store_loader(path: str | Path, grad_accum: int, pad_id: int) -> Callable[[li
 def store_prefetcher(store: Any, sampler: BatchSampler, cfg: TrainConfig, pad_id: int) -> Prefetcher:
     """The :class:`Prefetcher` of a transition-store stage (phi, theta): this rank's part of each global
     batch, as collated micro-batches."""
-    load = store_loader(store.path, cfg.grad_accum, pad_id)
+    load = store_loader(store, cfg.grad_accum, pad_id)
     return Prefetcher(load, sampler, workers=cfg.num_workers, last_step=cfg.max_steps)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from bcoder_core import storage
 from bcoder_core.config import PhiConfig
 from bcoder_core.train import setup
 from bcoder_core.train.loading import mixed_sampler, store_prefetcher
@@ -42,7 +41,7 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
         init_dir = setup.resolve_init(cfg, cfg.seed, scratch)
         with setup.join_ranks(STAGE, cfg) as info:
             # ---- data: the transition store, batches mixed to rho_real ground truth (DESIGN §2.7)
-            store = open_store(storage.input_path(cfg.transitions))
+            store = open_store(cfg.transitions)  # a local store, a store of parts, or S3
             sampler = mixed_sampler(store, cfg, info, STAGE)
 
             # ---- model: frozen encoder + φ decoder and zero-initialised value head (a resumed run

@@ -48,7 +48,7 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
         init_dir = str(resume_dir / "model") if resume_dir else setup.resolve_init(cfg, cfg.seed, scratch)
         with setup.join_ranks(STAGE, cfg) as info:
             # ---- data: the transition store, batches mixed to rho_real ground truth (DESIGN §2.7)
-            store = open_store(storage.input_path(cfg.transitions))
+            store = open_store(cfg.transitions)  # a local store, a store of parts, or S3
             store_alpha = float(store.metadata.get("alpha", 1.0))
             if store_alpha != cfg.alpha:
                 raise BcoderError(

@@ -2,8 +2,8 @@
 
 Every file and every kustomize build is validated strictly (unknown fields are errors) against the
 pinned Kubernetes version's OpenAPI schemas (kubernetes-validate ships them; nothing downloaded).
-Custom resources (Kueue's LocalQueue, the Prometheus operator's PodMonitor/PrometheusRule) have no
-schema there and are skipped by name.
+Custom resources (Kueue's LocalQueue, the Prometheus operator's PodMonitor/PrometheusRule, Argo's
+Workflow in pipeline-workflow.yaml) have no schema there and are skipped by name.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from helpers.paths import REPO
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.33.0"  # the oldest release we support: podFailurePolicy and Indexed Jobs are GA
-CRD_GROUPS = ("kueue.x-k8s.io/", "monitoring.coreos.com/")
+CRD_GROUPS = ("kueue.x-k8s.io/", "monitoring.coreos.com/", "argoproj.io/")
 
+# k8s/<stage>-job.yaml: the file a user applies and `bcoder submit <stage>` renders.
 JOB_FILES = {
-    "phi": "phi-job.yaml",
-    "theta": "theta-job.yaml",
-    "sample": "sample-job.yaml",
-    "execute": "execute-job.yaml",
-    "evaluate": "evaluate-job.yaml",
+    stage: f"{stage}-job.yaml"
+    for stage in ("prepare", "sft", "annotate", "phi", "theta", "sample", "execute", "evaluate", "rank")
 }
+#: Stages whose pods serve metrics (training, sampling, annotation, ranking: DESIGN §6).
+METRICS_STAGES = ["sft", "phi", "theta", "sample", "annotate", "rank"]
 KUSTOMIZATIONS = [K8S, K8S / "base", K8S / "overlays" / "multinode-theta", K8S / "overlays" / "kueue"]
 
 
@@ -119,7 +119,7 @@ def test_top_level_files_are_the_base_manifests() -> None:
 # --- training Jobs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("stage", "gpus"), [("phi", 4), ("theta", 8)])
+@pytest.mark.parametrize(("stage", "gpus"), [("sft", 4), ("phi", 4), ("theta", 8)])
 def test_training_jobs_use_one_pod_of_n_a100s_under_torchrun(stage: str, gpus: int) -> None:
     j = job(stage)
     c = main_container(j)
@@ -141,7 +141,7 @@ def test_training_jobs_use_one_pod_of_n_a100s_under_torchrun(stage: str, gpus: i
     )
 
 
-@pytest.mark.parametrize("stage", ["phi", "theta", "sample"])
+@pytest.mark.parametrize("stage", ["sft", "phi", "theta", "sample", "annotate", "rank"])
 def test_gpu_pods_get_a_memory_backed_dev_shm(stage: str) -> None:
     j = job(stage)
     mounts = {m["mountPath"]: m["name"] for m in main_container(j)["volumeMounts"]}
@@ -150,7 +150,7 @@ def test_gpu_pods_get_a_memory_backed_dev_shm(stage: str) -> None:
     assert shm["emptyDir"]["medium"] == "Memory" and "sizeLimit" in shm["emptyDir"]
 
 
-@pytest.mark.parametrize("stage", ["phi", "theta"])
+@pytest.mark.parametrize("stage", METRICS_STAGES)
 def test_training_pods_carry_the_scrape_labels_and_metrics_port(stage: str) -> None:
     j = job(stage)
     labels = j["spec"]["template"]["metadata"]["labels"]
@@ -272,7 +272,7 @@ def test_network_policy_denies_everything_but_dns_and_s3() -> None:
 
 
 def test_training_and_sampling_pods_are_not_gvisor_and_not_in_the_sandbox_policy() -> None:
-    for stage in ("phi", "theta", "sample"):
+    for stage in ("phi", "theta", "sample", "sft", "annotate", "rank"):
         assert "runtimeClassName" not in pod_spec(job(stage))
         assert "bcoder.dev/sandbox" not in job(stage)["spec"]["template"]["metadata"]["labels"]
         assert main_container(job(stage))["image"].startswith("bcoder-trainer:")
@@ -351,7 +351,7 @@ def bcoder_words(stage: str) -> list[str]:
     return args[args.index("jobs.cli") + 1 :] if c.get("command") == ["torchrun"] else args
 
 
-@pytest.mark.parametrize("stage", ["sample", "execute", "evaluate"])
+@pytest.mark.parametrize("stage", ["sample", "execute", "evaluate", "annotate", "rank"])
 def test_job_options_exist_in_the_cli(stage: str) -> None:
     import typer
 
@@ -364,7 +364,7 @@ def test_job_options_exist_in_the_cli(stage: str) -> None:
     assert used <= known, f"bcoder {words[0]} has no {sorted(used - known)}"
 
 
-@pytest.mark.parametrize("stage", ["phi", "theta"])
+@pytest.mark.parametrize("stage", ["sft", "phi", "theta"])
 def test_training_overrides_are_valid_config_keys(stage: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -380,3 +380,84 @@ def test_training_overrides_are_valid_config_keys(stage: str, tmp_path: Path) ->
     result = CliRunner().invoke(app, [*words, "--show-config"])
     assert result.exit_code == 0, result.output
     assert "s3://bucket/x" in result.output
+
+
+# --- the stages added for the whole run on the cluster ----------------------------------------
+
+
+def kubelet_words(stage: str) -> list[str]:
+    """The Job's bcoder words with every $(VAR) replaced as the kubelet would (a URI, the index 0)."""
+    words = [w.replace("$(JOB_COMPLETION_INDEX)", "0") for w in bcoder_words(stage)]
+    return [re.sub(r"\$\((\w+)\)", "s3://bucket/x", w) for w in words]
+
+
+@pytest.mark.parametrize("stage", ["sample", "execute", "evaluate", "annotate", "rank"])
+def test_stage_command_lines_are_valid_bcoder_command_lines(stage: str) -> None:
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    # --show-config parses every option of the command line, resolves the settings and exits.
+    result = CliRunner().invoke(app, [*kubelet_words(stage), "--show-config"])
+    assert result.exit_code == 0, result.output
+
+
+def test_prepare_job_runs_data_prepare_of_the_configured_data_set_on_cpu() -> None:
+    import typer
+
+    from bcoder_core import cluster
+    from jobs.cli import app
+
+    j = job("prepare")
+    c = main_container(j)
+    words = bcoder_words("prepare")
+    assert words[:3] == ["data", "prepare", "$(BCODER_DATASET)"]
+    command = typer.main.get_command(app).commands["data"].commands["prepare"]
+    known = {opt for param in command.params for opt in param.opts}
+    assert {w for w in words if w.startswith("--")} <= known
+    (cm,) = docs(K8S / "configmap.yaml")
+    name, choices = cluster.ENV_SETS["prepare"]["dataset"]
+    assert name == "BCODER_DATASET" and cm["data"][name] in choices
+    (dataset_arg,) = [p for p in command.params if p.name == "dataset"]
+    assert all(choice in dataset_arg.help for choice in choices)  # "Which loader: apps, mbpp, humaneval"
+    out = words[words.index("--out") + 1]
+    assert out.startswith("$(BCODER_RUN_URI)/problems/")
+    assert not any("gpu" in k for part in c["resources"].values() for k in part)
+    assert "completionMode" not in j["spec"]
+
+
+@pytest.mark.parametrize(("stage", "shards", "suffix"), [("annotate", 4, ""), ("rank", 4, ".jsonl")])
+def test_annotate_and_rank_are_indexed_gpu_jobs_writing_one_part_each(
+    stage: str, shards: int, suffix: str
+) -> None:
+    j = job(stage)
+    assert j["spec"]["completionMode"] == "Indexed"
+    assert j["spec"]["completions"] == j["spec"]["parallelism"] == shards
+    c = main_container(j)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    args = c["args"]
+    assert args[args.index("--shard") + 1] == f"$(JOB_COMPLETION_INDEX)/{shards}"
+    out = args[args.index("--out") + 1]
+    assert out.endswith(f"/part-$(JOB_COMPLETION_INDEX)-of-{shards}{suffix}")
+
+
+def test_annotate_reads_what_sample_and_execute_write_and_phi_reads_what_it_writes() -> None:
+    words = bcoder_words("annotate")
+    assert "--phi" not in words  # the first annotation (for phi); --set phi=... adds the column
+    assert words[words.index("--out") + 1].startswith("$(BCODER_TRANSITIONS_URI)/part-")
+    assert "transitions=$(BCODER_TRANSITIONS_URI)" in bcoder_words("phi")
+    assert words[words.index("--samples") + 1] == "$(BCODER_RUN_URI)/train-samples"
+    assert words[words.index("--results") + 1] == "$(BCODER_RUN_URI)/train-results"
+
+
+def test_pod_monitor_selects_every_pod_that_serves_metrics() -> None:
+    (monitor,) = docs(K8S / "monitoring" / "podmonitor.yaml")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for stage in METRICS_STAGES:
+        c = main_container(job(stage))
+        assert selector.items() <= job(stage)["spec"]["template"]["metadata"]["labels"].items(), stage
+        assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9090
+        if "command" not in c:  # not torchrun: the command serves when BCODER_METRICS_PORT is set
+            assert {e["name"]: e.get("value") for e in c["env"]}["BCODER_METRICS_PORT"] == "9090"
+    for stage in ("prepare", "execute", "evaluate"):
+        assert not selector.items() <= job(stage)["spec"]["template"]["metadata"]["labels"].items(), stage

@@ -125,7 +125,7 @@ def test_user_errors_are_one_line(kw: dict, message: str) -> None:
 
 def test_unknown_stage_and_missing_manifests(tmp_path: Path) -> None:
     with pytest.raises(BcoderError, match="unknown stage"):
-        cluster.load_job("annotate")
+        cluster.load_job("bogus")
     with pytest.raises(BcoderError, match="manifest not found"):
         cluster.load_job("phi", tmp_path)
 
@@ -251,3 +251,83 @@ def test_unreachable_api_server_is_one_line(cli, monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(cli, ["submit", "phi", "--namespace", "ml"])
     assert isinstance(result.exception, BcoderError)
     assert "Kubernetes API unreachable" in str(result.exception)
+
+
+# --- the stages added for the whole run on the cluster ----------------------------------------
+
+
+@pytest.mark.parametrize(("stage", "part"), [("annotate", "part-{i}-of-3"), ("rank", "part-{i}-of-3.jsonl")])
+def test_shards_resize_annotate_and_rank(stage: str, part: str) -> None:
+    job = render(stage, shards=3)
+    spec = job.body["spec"]
+    assert spec["completions"] == spec["parallelism"] == 3
+    args = args_of(job)
+    assert args[args.index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/3"
+    assert args[args.index("--out") + 1].endswith("/" + part.format(i="$(JOB_COMPLETION_INDEX)"))
+
+
+def test_set_out_on_a_sharded_stage_is_the_prefix_of_the_parts() -> None:
+    job = render(
+        "annotate", shards=2, sets=["phi=$(BCODER_RUN_URI)/phi", "out=$(BCODER_PHI_TRANSITIONS_URI)/"]
+    )
+    args = args_of(job)
+    assert args[args.index("--out") + 1] == "$(BCODER_PHI_TRANSITIONS_URI)/part-$(JOB_COMPLETION_INDEX)-of-2"
+    assert args[args.index("--phi") + 1] == "$(BCODER_RUN_URI)/phi"
+    assert args.count("--out") == 1
+    sample = args_of(render("sample", sets=["out=s3://b/train-samples"]))
+    assert sample[sample.index("--out") + 1] == "s3://b/train-samples/part-$(JOB_COMPLETION_INDEX)-of-4.jsonl"
+    # Not sharded: out is the value itself.
+    evaluate = args_of(render("evaluate", sets=["out=s3://b/report.json"]))
+    assert evaluate[evaluate.index("--out") + 1] == "s3://b/report.json"
+
+
+def test_prepare_takes_the_data_set_from_the_configmap_or_set() -> None:
+    assert "BCODER_DATASET" in env_of(render("prepare"))  # from the ConfigMap
+    job = render("prepare", sets=["dataset=mbpp", "split=test"])
+    kubernetes_validate.validate(job.body, "1.33.0", strict=True)
+    assert env_of(job)["BCODER_DATASET"] == {"name": "BCODER_DATASET", "value": "mbpp"}
+    args = args_of(job)
+    assert args[:3] == ["data", "prepare", "$(BCODER_DATASET)"] and args[args.index("--split") + 1] == "test"
+    assert job.artifacts() == [f"{ROOT}/r1/problems/mbpp.jsonl"]
+    with pytest.raises(BcoderError, match="--set dataset=coco: choose one of apps, mbpp, humaneval") as err:
+        render("prepare", sets=["dataset=coco"])
+    assert "\n" not in str(err.value)
+
+
+def test_sft_takes_config_overrides() -> None:
+    args = args_of(render("sft", sets=["max_steps=10"]))
+    assert args[args.index("jobs.cli") + 1 : args.index("jobs.cli") + 3] == ["train", "sft"]
+    assert "max_steps=10" in args and "output=$(BCODER_RUN_URI)/sft" in args
+
+
+def test_submit_annotate_in_two_shards_writes_two_parts_of_one_store(cli, fake) -> None:
+    result = run_cli(cli, "annotate", "--run-name", "exp1", "--shards", "2", "--follow")
+    assert result.exit_code == 0, result.output
+    (sent,) = fake.received
+    kubernetes_validate.validate(sent, "1.33.0", strict=True)
+    for i in range(2):
+        assert (
+            f"--results s3://bcoder/runs/exp1/train-results "
+            f"--out s3://bcoder/runs/default/transitions/part-{i}-of-2 --shard {i}/2" in result.output
+        )
+    assert len({line.split("]")[0] for line in result.output.splitlines() if line.startswith("[")}) == 2
+    assert "artifacts: $(BCODER_TRANSITIONS_URI)/part-*-of-2" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (("rank", "--shards", "3"), "--out s3://bcoder/runs/exp1/ranked/part-2-of-3.jsonl --shard 2/3"),
+        (
+            ("prepare", "--set", "dataset=humaneval"),
+            "$ bcoder data prepare humaneval --source s3://bcoder/raw/apps/test",
+        ),
+        (("sft",), "-m jobs.cli train sft --config /etc/bcoder/sft.yaml output=s3://bcoder/runs/exp1/sft"),
+    ],
+)
+def test_submit_the_new_stages(cli, fake, args: tuple[str, ...], expect: str) -> None:
+    result = run_cli(cli, *args, "--run-name", "exp1", "--follow")
+    assert result.exit_code == 0, result.output
+    (sent,) = fake.received
+    kubernetes_validate.validate(sent, "1.33.0", strict=True)
+    assert expect in result.output

@@ -113,3 +113,87 @@ def test_kustomize_builds_the_monitoring_bundle() -> None:
     dashboard = docs["ConfigMap"]["data"]["grafana-dashboard.json"]
     assert json.loads(dashboard)["uid"] == "bcoder-training"
     assert docs["ConfigMap"]["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# --- watching a whole run: the workflow alert, the "Run stages" row, stage metrics of every command --
+
+WORKFLOW_RULES = MONITORING / "bcoder-workflow.rules.yml"
+
+
+def test_promtool_checks_and_unit_tests_the_workflow_rules() -> None:
+    check = subprocess.run(
+        [_promtool(), "check", "rules", str(WORKFLOW_RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0 and "SUCCESS: 1 rules found" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run(
+        [_promtool(), "test", "rules", "tests/bcoder-workflow.rules.test.yml"],
+        cwd=MONITORING, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+    groups = yaml.safe_load(WORKFLOW_RULES.read_text())["groups"]
+    (rule,) = [r for g in groups for r in g["rules"]]
+    assert rule["alert"] == "BcoderWorkflowStepFailed"
+    used = set(METRIC.findall(rule["expr"]))
+    assert used == {"bcoder_stage_last_failure_time_seconds", "bcoder_stage_last_success_time_seconds"}
+    assert used <= telemetry.SERIES_NAMES
+    crd = yaml.safe_load((MONITORING / "prometheus-rules-workflow.yaml").read_text())
+    assert crd["kind"] == "PrometheusRule" and crd["spec"]["groups"] == groups
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert "prometheus-rules-workflow.yaml" in kustomization["resources"]
+
+
+def test_podmonitor_labels_series_with_the_run() -> None:
+    monitor = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel["run"] == ["__meta_kubernetes_pod_label_bcoder_dev_run"]  # bcoder.dev/run
+
+
+def test_dashboard_has_a_run_stages_row_from_the_stage_metrics(tmp_path) -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    panels = dashboard["panels"]
+    (row,) = [i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Run stages"]
+    after = panels[row + 1 :]
+    end = next((i for i, p in enumerate(after) if p["type"] == "row"), len(after))
+    exprs = [t["expr"] for p in after[:end] for t in p.get("targets", [])]
+    used = {name for e in exprs for name in METRIC.findall(e)}
+    assert {"bcoder_stage_running", "bcoder_stage_last_success_time_seconds", "bcoder_stage_failures_total",
+            "bcoder_stage_last_failure_time_seconds"} <= used <= telemetry.SERIES_NAMES  # fmt: skip
+    assert all('run=~"$run"' in e for e in exprs)
+    assert "run" in {v["name"] for v in dashboard["templating"]["list"]}
+    # Every query of the row parses: promtool checks them as recording rules, Grafana's variables
+    # replaced by values.
+    subst = {"$__range": "1h", "$__rate_interval": "1m", "$namespace": ".*", "$run": ".*"}
+    rules = []
+    for k, e in enumerate(exprs):
+        for var, value in subst.items():
+            e = e.replace(var, value)
+        rules.append({"record": f"bcoder:dashboard_query_{k}", "expr": e})
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = subprocess.run(
+        [_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_stage_run_serves_when_asked_and_records_start_success_and_failure(monkeypatch) -> None:
+    served: list[int] = []
+    monkeypatch.setattr(telemetry, "serve", lambda port=9090, addr="0.0.0.0": served.append(port) or port)
+    monkeypatch.setattr(telemetry, "wait_for_final_scrape", lambda timeout=None: False)
+    monkeypatch.setenv(telemetry.METRICS_PORT_ENV, "9191")
+    value = telemetry.REGISTRY.get_sample_value
+    with telemetry.stage_run("rank"):
+        assert value("bcoder_stage_running", {"stage": "rank"}) == 1
+    assert served == [9191] and value("bcoder_stage_running", {"stage": "rank"}) == 0
+    assert value("bcoder_stage_last_success_time_seconds", {"stage": "rank"}) > 0
+    # No step counter: the "training stalled" alert must not take a long sampling pass for a hang.
+    assert value("bcoder_steps_total", {"stage": "rank"}) is None
+    failures = value("bcoder_stage_failures_total", {"stage": "rank"})
+    with pytest.raises(RuntimeError), telemetry.stage_run("rank"):
+        raise RuntimeError("boom")
+    assert value("bcoder_stage_failures_total", {"stage": "rank"}) == failures + 1
+    monkeypatch.setenv(telemetry.METRICS_PORT_ENV, "http")
+    bad = pytest.raises(telemetry.BcoderError, match="BCODER_METRICS_PORT='http': expected a port number")
+    with bad, telemetry.stage_run("rank"):
+        pass

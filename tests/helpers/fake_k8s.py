@@ -9,6 +9,9 @@ It implements, for any namespace:
 - ``GET  /apis/batch/v1/namespaces/{ns}/jobs/{name}[/status]``
 - ``GET  /api/v1/namespaces/{ns}/pods?labelSelector=k=v``
 - ``GET  /api/v1/namespaces/{ns}/pods/{name}/log``
+- ``POST /apis/{group}/{version}/namespaces/{ns}/{plural}``   (custom objects, e.g. Argo Workflows:
+  stored in ``custom``; ``metadata.generateName`` gets a random suffix as the server gives it;
+  409 on a name clash; a group in ``missing_groups`` answers 404, as a cluster without the CRD)
 
 A created Job gets one pod per completion (named ``<job>-<index>-<random>``, labelled like the Job
 controller does). The pods "run" for ``polls_to_finish`` status reads, then end with the exit
@@ -53,6 +56,8 @@ class FakeCluster:
     pods: dict[tuple[str, str], dict] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     received: list[dict] = field(default_factory=list)  # created objects exactly as sent
+    custom: dict[tuple[str, str, str], dict] = field(default_factory=dict)  # (plural, ns, name) -> object
+    missing_groups: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- behaviour -------------------------------------------------------------------------
@@ -198,6 +203,21 @@ class FakeCluster:
                         return _not_found("jobs.batch", parts[6])
                     self._advance(ns, job)
                     return 200, _public(job)
+            if parts[0] == "apis" and len(parts) == 6 and parts[3] == "namespaces" and parts[1] != "batch":
+                group, ns, plural = parts[1], parts[4], parts[5]
+                if group in self.missing_groups:
+                    return 404, _status(404, "NotFound", "the server could not find the requested resource")
+                if method == "POST":
+                    obj = json.loads(body)
+                    self.received.append(copy.deepcopy(obj))
+                    meta = obj.setdefault("metadata", {})
+                    if not meta.get("name"):
+                        meta["name"] = meta.get("generateName", "obj-") + secrets.token_hex(3)[:5]
+                    if (plural, ns, meta["name"]) in self.custom:
+                        return 409, _status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
+                    meta.update(namespace=ns, uid=secrets.token_hex(8), creationTimestamp=_now())
+                    self.custom[(plural, ns, meta["name"])] = obj
+                    return 201, obj
             if parts[:3] == ["api", "v1", "namespaces"] and len(parts) >= 5 and parts[4] == "pods":
                 ns = parts[3]
                 if len(parts) == 5:

@@ -202,3 +202,46 @@ def test_cli_annotate(tmp_path, world):
     assert (
         run.returncode == 2 and run.stderr.startswith("error: ") and "--samples and --results" in run.stderr
     )
+
+
+def _keyed(store):
+    return sorted(((r.is_gt, r.problem_id, r.sample_id), r) for r in store)
+
+
+def test_annotate_in_two_shards_reads_back_as_the_unsharded_store(tmp_path, world):
+    from bcoder_core.rl.transitions import open_store
+
+    whole = _run(world, tmp_path / "whole", phi=str(world["phi"]))
+    parts = [
+        _run(world, tmp_path / "parts" / f"part-{i}-of-2", shard=f"{i}/2", phi=str(world["phi"]))
+        for i in range(2)
+    ]
+    assert sum(p.programs for p in parts) == whole.programs
+    one, joined = TransitionStore(tmp_path / "whole"), open_store(tmp_path / "parts")
+    assert len(joined) == len(one) and joined.num_gt == one.num_gt and joined.has_v_phi
+    # Part 0's records first, then part 1's; each part holds only its own problems (index I mod 2).
+    ids = [p.id for p in world["problems"]]
+    first = TransitionStore(tmp_path / "parts" / "part-0-of-2")
+    assert [r.problem_id for r in list(joined)[: len(first)]] == [r.problem_id for r in first]
+    assert {r.problem_id for r in first} <= set(ids[0::2])
+    a, b = _keyed(one), _keyed(joined)
+    assert [k for k, _ in a] == [k for k, _ in b]
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.program_ids, y.program_ids)
+        np.testing.assert_array_equal(x.prompt_ids, y.prompt_ids)
+        np.testing.assert_array_equal(x.ckpt_greedy, y.ckpt_greedy)
+        assert x.reward == y.reward
+        assert_close_f32(x.ckpt_adv, y.ckpt_adv)
+        assert_close_f32(x.v_phi, y.v_phi)
+    assert joined.gt_indices().size == one.num_gt and joined[-1].problem_id in ids
+
+
+def test_a_sharded_store_with_a_missing_part_is_refused_in_one_line(tmp_path, world):
+    from bcoder_core.rl.transitions import open_store
+
+    _run(world, tmp_path / "parts" / "part-1-of-2", shard="1/2")
+    with pytest.raises(
+        BcoderError, match=r"incomplete: 1 of 2 parts not committed yet \(missing part-0-of-2\)"
+    ) as err:
+        open_store(tmp_path / "parts")
+    assert "\n" not in str(err.value)

@@ -177,3 +177,18 @@ def test_bench_sample_rank_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "ratio rank/sample = " in run.stdout
+
+
+def test_rank_in_shards_scores_each_sample_once(tmp_path, world):
+    _rank(world, tmp_path / "whole.jsonl")
+    whole = {(r["problem_id"], r["sample_id"]): r["score"] for r in read_jsonl(tmp_path / "whole.jsonl")}
+    ids = [p.id for p in world["problems"]]
+    parts: dict = {}
+    for i in range(2):
+        _rank(world, tmp_path / "ranked" / f"part-{i}-of-2.jsonl", shard=f"{i}/2")
+        recs = list(read_jsonl(tmp_path / "ranked" / f"part-{i}-of-2.jsonl"))
+        assert {r["problem_id"] for r in recs} <= set(ids[i::2])  # only its own problems
+        parts.update({(r["problem_id"], r["sample_id"]): r["score"] for r in recs})
+    assert parts.keys() == whole.keys()
+    for key, score in whole.items():
+        assert parts[key] == pytest.approx(score, rel=1e-6, abs=1e-5)
