@@ -37,14 +37,13 @@ import json
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from bcoder_core.config import cli_flags
 from bcoder_core.errors import BcoderError, check
-from bcoder_core.jsonl import read_jsonl, read_keyed
+from bcoder_core.jsonl import read_keyed
 from bcoder_core.problems import Problem, count_tests
 
 DIFFICULTY_ORDER = ("introductory", "interview", "competition")
@@ -88,18 +87,6 @@ def top_k_solved(
     """
     order = sorted(range(len(correct)), key=lambda i: ((-scores[i]) if scores is not None else 0.0, index[i]))
     return int(any(correct[i] for i in order[:k]))
-
-
-# ---------------------------------------------------------------------------------- reading
-
-
-def iter_jsonl_records(path: str | Path, what: str) -> Iterator[dict[str, Any]]:
-    """Objects of a JSONL file, or of the ``*.jsonl`` shards of a folder (sorted by name)."""
-    return read_jsonl(path, what)
-
-
-def read_jsonl_records(path: str | Path, what: str) -> list[dict[str, Any]]:
-    return list(iter_jsonl_records(path, what))
 
 
 # --------------------------------------------------------------------------------- the model
@@ -522,19 +509,10 @@ def select_split(
     ]
 
 
-def _manifest_config(uri: str) -> dict[str, Any]:
-    """The ``config`` recorded in the manifest of the artifact at ``uri`` ({} when there is none)."""
+def _check_tests_kind(uri: str, option: str, expected: str) -> dict[str, Any]:
     from bcoder_core import storage
 
-    try:
-        config = storage.read_manifest(uri).get("config")
-    except BcoderError:
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _check_tests_kind(uri: str, option: str, expected: str) -> dict[str, Any]:
-    config = _manifest_config(uri)
+    config = storage.manifest_config(uri) or {}
     if config.get("tests") not in (None, expected):
         raise BcoderError(
             f"{option} {uri}: these results were run on the {config['tests']} tests, not the {expected} tests"

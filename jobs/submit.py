@@ -8,8 +8,10 @@ from typing import Literal
 
 import typer
 
-JOB_STAGES = ("prepare", "sft", "annotate", "phi", "theta", "sample", "execute", "evaluate", "rank")
-"""Stages with a Job manifest in k8s/ (``k8s/<stage>-job.yaml``)."""
+from bcoder_core.cluster import STAGE_MANIFESTS
+
+JOB_STAGES = tuple(STAGE_MANIFESTS)
+"""Stages with a Job manifest in k8s/ (``k8s/<stage>-job.yaml``): the registry is ``cluster.STAGE_MANIFESTS``."""
 
 
 def register(app: typer.Typer) -> None:

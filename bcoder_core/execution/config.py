@@ -53,7 +53,7 @@ class ExecutionConfig:
     """First of the unprivileged user ids given to worker slots (when running as root)."""
 
     def __post_init__(self) -> None:
-        for key in ("timeout_s", "program_timeout_s", "memory_mb", "max_output_bytes"):
+        for key in ("timeout_s", "program_timeout_s", "max_output_bytes"):
             value = getattr(self, key)
             check(value > 0, key, f"must be > 0 (got {value!r})")
         check(self.workers >= 1, "workers", f"must be >= 1 (got {self.workers!r})")

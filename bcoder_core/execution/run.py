@@ -96,10 +96,9 @@ def _previous_run(out_uri: str) -> dict | None:
     a killed run left); None when nothing says."""
     from bcoder_core import storage
 
-    with contextlib.suppress(BcoderError):
-        config = storage.read_manifest(out_uri).get("config")
-        if isinstance(config, dict):
-            return config
+    config = storage.manifest_config(out_uri)
+    if config is not None:
+        return config
     if not storage.is_s3(out_uri):
         with contextlib.suppress(OSError, ValueError):
             config = json.loads(_run_file(Path(out_uri)).read_text(encoding="utf-8"))

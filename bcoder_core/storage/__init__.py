@@ -239,6 +239,15 @@ def read_manifest(uri: str) -> dict:
     return _find(os.fspath(uri))[1]
 
 
+def manifest_config(uri: str) -> dict | None:
+    """The ``config`` (inputs and settings) the manifest at ``uri`` records; None without a manifest."""
+    try:
+        config = read_manifest(uri).get("config")
+    except BcoderError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def exists(uri: str) -> bool:
     """True iff a complete artifact (its manifest) is at ``uri`` (following a ``latest`` marker)."""
     try:
