@@ -40,21 +40,58 @@ _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraSpec:
+    """LoRA adapters (peft) for the phi and theta stages of a causal LM (DESIGN §2.2, LoRA)."""
+
+    enable: bool = False
+    """Train adapters on one frozen base model instead of full copies of it (phi and theta)."""
+    r: int = 16
+    """Rank of each adapter's update B·A."""
+    alpha: float = 32.0
+    """LoRA scaling numerator: the update is (alpha / r)·B·A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | str = "all-linear"
+    """Modules that get adapters: peft's "all-linear" (every linear layer but the LM head) or a list
+    of module names (e.g. [q_proj, v_proj])."""
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "r", f"must be >= 1 (got {self.r})")
+        check(self.alpha > 0, "alpha", f"must be > 0 (got {self.alpha})")
+        check(0 <= self.dropout < 1, "dropout", f"must lie in [0, 1) (got {self.dropout})")
+        check(
+            bool(self.target_modules),
+            "target_modules",
+            "must be all-linear or a non-empty list of module names",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Where the model's weights and tokenizer come from."""
 
     init: str = ""
-    """Hugging Face T5 checkpoint directory or artifact URI to start from (CodeT5-large-ntp-py, the
-    CodeRL checkpoint, or an sft output). Empty: random initialisation from `t5_config`."""
-    t5_config: str = ""
-    """T5 config JSON used for random initialisation when `init` is empty (e.g.
-    configs/models/tiny.json); ignored when `init` is set."""
+    """Checkpoint directory or artifact URI to start from: a Hugging Face T5 (CodeT5-large-ntp-py,
+    the CodeRL checkpoint) or causal LM (Qwen2.5-Coder, DeepSeek-Coder, ...), or an sft output. The
+    family is read from its config.json. Empty: random initialisation from `shape`."""
+    shape: str = ""
+    """Model shape for random initialisation when `init` is empty: a name in configs/models/ (tiny,
+    llama-tiny, ...) or a config JSON file (`model_type` picks the family; T5 when absent); ignored
+    when `init` is set."""
+    lora: LoraSpec = dataclasses.field(default_factory=LoraSpec)
+    """LoRA adapters for phi and theta (causal LMs); off: full fine-tuning."""
     tokenizer: str = "auto"
     """Tokenizer: "auto" (the one saved in `init` if it has one, else "codet5"), "codet5" (bundled),
     "tiny", a tokenizer directory, or "train:<vocab_size>" (sft only: train a tiny byte-level BPE on
     the problem set first). It is saved with the exported model so later stages find it."""
 
     def __post_init__(self) -> None:
+        # A LoRA θ names its base checkpoint; a random init lives in scratch and is gone after the run.
+        check(
+            not (self.lora.enable and not self.init),
+            "lora.enable",
+            "LoRA needs init (the base checkpoint the adapters belong to), not a random shape",
+        )
         if self.tokenizer.startswith("train:"):
             size = self.tokenizer.removeprefix("train:")
             # The tiny BPE holds 5 specials and 256 bytes before any merge (model/tokenizer.py).
@@ -186,13 +223,16 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning of the whole T5 on (prompt, tab re-indented solution) pairs: the
+    """Supervised fine-tuning of the whole model on (prompt, tab re-indented solution) pairs: the
     stand-in checkpoint where no public one exists (the built-in benchmark)."""
 
     problems: str
     """Problem set URI (JSONL or a directory of shards); every reference solution is a target."""
     max_solutions_per_problem: int = 0
     """Use at most this many reference solutions per problem (0: all)."""
+    prompt_format: Literal["completion", "chat"] = "completion"
+    """How a causal LM sees a problem (completion prompt or chat template); the sample, annotate
+    and rank stages of the run must use the same. T5 takes completion only."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from bcoder_core import storage
 from bcoder_core.benchmark import BenchmarkConfig
@@ -138,6 +139,9 @@ class PipelineConfig:
     """Fan-out of sample and execute (1: one step each, the outputs single files)."""
     alpha: float = 1.0
     """Policy temperature α of A = α(ℓ − max ℓ) (paper: 1), shared by annotate, phi, theta and rank."""
+    prompt_format: Literal["completion", "chat"] = "completion"
+    """How a causal LM sees a problem, the same in every stage of the run (sft, sample, annotate,
+    rank): a completion prompt, or the tokenizer's chat template (DESIGN §2.8.2). T5: completion."""
     eval_split: str = "test"
     """Split the methods are sampled, ranked and evaluated on: `test`, or `val` to tune settings
     (needs benchmark.n_val > 0; its artifacts and report-val.md sit beside the test ones)."""
@@ -257,10 +261,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
     train_samples = read_as(f"{run}/samples/train-ckpt.jsonl", sample_n)
     train_results = read_as(f"{run}/results/train-ckpt.jsonl", execute_n)
-    annotate_cfg = dataclasses.replace(cfg.annotate, alpha=cfg.alpha)
+    fmt = cfg.prompt_format
+    annotate_cfg = dataclasses.replace(cfg.annotate, alpha=cfg.alpha, prompt_format=fmt)
+    rank_cfg = dataclasses.replace(cfg.rank, prompt_format=fmt)
 
     def sample(name: str, model: str, problems: str, out: str, s: SamplingConfig) -> list[Stage]:
-        settings = to_argv(dataclasses.replace(s, seed=cfg.seed))
+        settings = to_argv(dataclasses.replace(s, seed=cfg.seed, prompt_format=fmt))
         argv = ["sample", "--model", model, "--problems", problems, "--out", out, *settings]
         return _fan_out(Stage(name, argv, out), sample_n)
 
@@ -306,7 +312,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
     stages += [prepare(split) for split in splits]
     if cfg.sft is not None:
-        stages.append(Stage("sft", train("sft", cfg.sft, sft, [f"problems={train_p}"]), ckpt))
+        sft_inputs = [f"problems={train_p}", *([f"prompt_format={fmt}"] if fmt != "completion" else [])]
+        stages.append(Stage("sft", train("sft", cfg.sft, sft, sft_inputs), ckpt))
     stages += [
         *sample("sample-train", ckpt, train_p, f"{run}/samples/train-ckpt.jsonl", cfg.train_sampling),
         *execute("execute-train", train_p, train_samples, f"{run}/results/train-ckpt.jsonl"),
@@ -376,7 +383,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages += [
             *sample(f"sample-{split}-{method}", model, eval_p, raw_out, cfg.test_sampling),
             # Every method's samples are scored by a learned reward (paper Table 3 for the ckpt).
-            *_fan_out(Stage(f"rank-{tag}", ["rank", *rank_io, *to_argv(cfg.rank)], ranked_out), rank_n),
+            *_fan_out(Stage(f"rank-{tag}", ["rank", *rank_io, *to_argv(rank_cfg)], ranked_out), rank_n),
             *execute(f"execute-{split}-{method}", eval_p, ranked, results_out),
             *execute(f"execute-example-{tag}", eval_p, ranked, example_out, tests="example"),
             Stage(

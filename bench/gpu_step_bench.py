@@ -111,12 +111,12 @@ def build(stage: str, config: Any, device: torch.device, t5: Any = None) -> tupl
 
     from bcoder_core.config import OptimConfig
     from bcoder_core.model.build import random_t5
-    from bcoder_core.model.qmodel import BCoderModel
+    from bcoder_core.model.t5 import T5QModel
     from bcoder_core.rl.losses import phi_loss, sft_loss, theta_loss
     from bcoder_core.train.optim import make_optimizer
 
     t5 = copy.deepcopy(t5) if t5 is not None else random_t5(config, seed=0)
-    model = BCoderModel(t5, stage).to(device)
+    model = T5QModel(t5, stage).to(device)
     model.train()
     loss_fn = {
         "sft": sft_loss,
@@ -125,6 +125,91 @@ def build(stage: str, config: Any, device: torch.device, t5: Any = None) -> tupl
     }[stage]
     optimizer = make_optimizer(model.trainable_parameters(stage), OptimConfig(lr=1e-5))
     return model, loss_fn, optimizer
+
+
+def stage_loss(stage: str) -> Any:
+    """The real loss of ``stage`` with the paper's coefficients (what every bench step runs)."""
+    import functools
+
+    from bcoder_core.rl.losses import phi_loss, sft_loss, theta_loss
+
+    return {
+        "sft": sft_loss,
+        "phi": functools.partial(phi_loss, gamma=0.999),
+        "theta": functools.partial(theta_loss, gamma=0.999, beta_adv=0.1, beta_ce=0.5),
+    }[stage]
+
+
+def build_causal(
+    stage: str, lm: Any, device: torch.device, lora: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
+    """(model, loss function, AdamW) for one stage of the causal family, from a copy of the language
+    model ``lm`` (random weights, built once by the caller); ``lora``: LoRA settings for phi/theta
+    (``{"r", "alpha", "dropout", "target_modules"}``), None for full fine-tuning."""
+    import copy
+
+    from bcoder_core.config import OptimConfig
+    from bcoder_core.model.causal import CausalQModel, LoraSettings
+    from bcoder_core.train.optim import make_optimizer
+
+    settings = LoraSettings.from_any(lora) if stage != "sft" else None
+    model = CausalQModel(copy.deepcopy(lm), stage, lora=settings).to(device)
+    model.train()
+    optimizer = make_optimizer(model.trainable_parameters(stage), OptimConfig(lr=1e-5))
+    return model, stage_loss(stage), optimizer
+
+
+def held_memory(model, loss_fn, optimizer, batch: dict) -> dict[str, int]:
+    """Bytes a training step holds, counted tensor by tensor (any device; the CPU measure).
+
+    Runs one step (zero_grad, loss, backward, AdamW step) on ``model`` and counts, by unique
+    storage (a storage shared by two tensors counts once):
+
+    - ``weights``: every parameter and buffer of the model (frozen base included);
+    - ``grads``: the ``.grad`` of every parameter after the step;
+    - ``optimizer``: every tensor in the optimiser's state after the step (AdamW: exp_avg,
+      exp_avg_sq, step; created at the first step, so a fresh optimiser is fine);
+    - ``activations``: the tensors autograd saved for backward during the forward pass and the loss
+      (``torch.autograd.graph.saved_tensors_hooks``; storages of weights left out, as counted above),
+      i.e. what the graph holds when backward starts.
+
+    Not counted: transient buffers inside an op, the activation gradients alive during backward,
+    the batch itself, allocator caching and fragmentation — so this is a lower bound of the peak.
+    """
+    weights = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    weight_ptrs = {t.untyped_storage().data_ptr() for t in weights.values()}
+
+    def storage_bytes(tensors) -> int:
+        seen: dict[int, int] = {}
+        for t in tensors:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return sum(seen.values())
+
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.layout == torch.strided:
+            st = t.untyped_storage()
+            if st.data_ptr() not in weight_ptrs:
+                saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = loss_fn(model, batch)
+    loss.backward()
+    optimizer.step()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    out = {
+        "weights": storage_bytes(weights.values()),
+        "grads": storage_bytes(grads),
+        "optimizer": storage_bytes(state),
+        "activations": sum(saved.values()),
+    }
+    out["total"] = sum(out.values())
+    return out
 
 
 def time_steps(model, loss_fn, optimizer, batch: dict, *, warmup: int, steps: int, bf16: bool) -> list[float]:

@@ -17,7 +17,12 @@ tokenised and passed once, teacher-forced, through θ_ckpt (and φ with --phi); 
 ckpt_adv = A_ckpt(s_t, a_t), ckpt_greedy = argmax ℓ_ckpt(s_t, ·) and optionally v_phi = u_φ(s_t).
 """
 PARAMS = [
-    Param("model", ("--model",), "The frozen checkpoint θ_ckpt (T5 directory or URI).", required=True),
+    Param(
+        "model",
+        ("--model",),
+        "The frozen checkpoint θ_ckpt (a T5 or causal-LM directory or URI).",
+        required=True,
+    ),
     dataclasses.replace(PHI, help="A trained φ (adds the v_phi column).", required=False),
     PROBLEMS,
     dataclasses.replace(SAMPLES, help="Generated programs (samples JSONL).", required=False),

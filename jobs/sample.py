@@ -9,7 +9,7 @@ import typer
 from jobs.options import Flag, Param, stage_command
 from jobs.params import PROBLEMS, PROGRESS, SHARD
 
-MODEL = Param("model", ("--model",), "θ (or any T5 checkpoint) directory or URI.", required=True)
+MODEL = Param("model", ("--model",), "θ (or any T5 or causal-LM checkpoint) directory or URI.", required=True)
 OUT = Param("out", ("--out",), "Samples JSONL to write (URI).", required=True)
 
 

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
     train.command("sft")(
         _make_command(
             "sft",
-            "Supervised fine-tuning of a T5 on (prompt, solution) pairs: the stand-in checkpoint.\n\n"
+            "Supervised fine-tuning of a model (T5 or causal LM) on (prompt, solution) pairs: the stand-in checkpoint.\n\n"
             "Example: bcoder train sft --config configs/train/sft-tiny.yaml output=runs/sft",
         )
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers.models import make_checkpoint
 from helpers.rl import make_problems
-from helpers.training import ENV, REPO, common, make_store, write_t5_config, write_yaml
+from helpers.training import ENV, REPO, common, make_store, write_shape, write_yaml
 
 from bcoder_core.model.qmodel import BCoderModel
 from bcoder_core.model.tokenizer import load_tokenizer
@@ -38,7 +38,7 @@ def world(tmp_path_factory):
     store = make_store(root / "store", v_phi=True, n_problems=3, per_problem=8)  # 24 records: 2 shards
     assert (store / "shard-00001.safetensors").is_file()
     return {"root": root, "ckpt": ckpt, "theta": theta, "store": store, "problems": problems,
-            "samples": samples, "t5": write_t5_config(root / "t5.json")}  # fmt: skip
+            "samples": samples, "t5": write_shape(root / "t5.json")}  # fmt: skip
 
 
 def _corrupt(src: Path, name: str, how: str, dest: Path) -> Path:

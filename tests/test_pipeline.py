@@ -18,6 +18,9 @@ from bcoder_core.report import paired_gain
 
 SMOKE = REPO / "configs" / "smoke.yaml"
 DEMO = REPO / "configs" / "demo.yaml"
+CAUSAL = {
+    name: REPO / "configs" / f"{name}.yaml" for name in ("smoke-causal", "smoke-causal-lora", "demo-causal")
+}
 
 
 def _bcoder(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -26,7 +29,7 @@ def _bcoder(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("preset", [SMOKE, DEMO], ids=["smoke", "demo"])
+@pytest.mark.parametrize("preset", [SMOKE, DEMO, *CAUSAL.values()], ids=["smoke", "demo", *CAUSAL])
 def test_presets_load_and_plan_every_stage(preset: Path) -> None:
     cfg = load_config(PipelineConfig, preset, ["run_dir=/tmp/x"])
     stages = plan(cfg)
@@ -171,6 +174,36 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert ran and all("-val-" in name or name.startswith("sample-val") for name in ran), ran
     assert "Validation split" in (run_dir / "report-val.md").read_text()
     assert (run_dir / "report.md").read_text() == test_report  # the test report is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smoke-causal", "smoke-causal-lora"])
+def test_causal_smoke_pipelines_run_every_stage(tmp_path: Path, name: str) -> None:
+    """The smoke pipeline on a tiny Llama-family model, full fine-tuning and LoRA (CI runs both)."""
+    preset = CAUSAL[name]
+    run_dir = tmp_path / "run"
+    proc = _bcoder("pipeline", "run", "--config", str(preset), "--run-dir", str(run_dir), cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg = load_config(PipelineConfig, preset, [f"run_dir={run_dir}"])
+    for stage in plan(cfg):
+        assert storage.exists(stage.output), stage.name
+    sft = json.loads((run_dir / "sft/final/config.json").read_text())
+    assert sft["model_type"] == "llama"
+    theta, phi = run_dir / "theta/final", run_dir / "phi/final"
+    phi_meta = json.loads((phi / "phi_config.json").read_text())
+    assert phi_meta["family"] == "causal"
+    if name.endswith("-lora"):
+        # θ = base + adapter, exported merged (what sample read) and as a PEFT adapter on the sft model
+        adapter = json.loads((theta / "adapter/adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str((run_dir / "sft/final").resolve()) or adapter[
+            "base_model_name_or_path"
+        ] == str(run_dir / "sft/final")
+        assert (theta / "adapter/adapter_model.safetensors").is_file() and phi_meta["lora"]["r"] == 8
+    else:
+        assert not (theta / "adapter").exists() and phi_meta["lora"] is None
+    samples = [json.loads(x) for x in (run_dir / "samples/test-bcoder-ranked.jsonl").read_text().splitlines()]
+    assert samples and all(isinstance(s["score"], float) for s in samples)
+    assert "Table 1" in (run_dir / "report.md").read_text()
 
 
 def test_apps_description_loads_and_plans_the_paper_run() -> None:

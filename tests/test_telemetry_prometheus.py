@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers.servers import free_ports
-from helpers.training import ENV, REPO, common, make_store, train_cmd, write_t5_config, write_yaml
+from helpers.training import ENV, REPO, common, make_store, train_cmd, write_shape, write_yaml
 
 STEPS = 600
 MONITORING = REPO / "k8s" / "monitoring"
@@ -31,7 +31,7 @@ def test_prometheus_scrapes_a_real_phi_training_run(prometheus_factory, tmp_path
     prometheus = prometheus_factory([f"127.0.0.1:{port}"], rule_files=[MONITORING / "bcoder.rules.yml"])
 
     store = make_store(tmp_path / "store", v_phi=False)
-    t5 = write_t5_config(tmp_path / "t5.json")
+    t5 = write_shape(tmp_path / "t5.json")
     config = common(
         tmp_path / "phi", t5, transitions=str(store), max_steps=STEPS, save_every=50, log_every=50,
         metrics={"enable": True, "port": port},

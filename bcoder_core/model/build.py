@@ -1,8 +1,11 @@
-"""T5 shapes by name and randomly initialised checkpoints (tests, benchmarks, the built-in benchmark).
+"""Model shapes by name and randomly initialised checkpoints (tests, benchmarks, the built-in benchmark).
 
-Shapes live in ``configs/models/<name>.json`` (T5 ``config.json`` fields; a ``_comment`` key is
-ignored): ``codet5-large`` (the paper's model, DESIGN §5), ``mid``, ``small``, ``tiny``. Every shape
-uses CodeT5's token layout: pad 0 (= decoder start), bos 1, eos 2.
+Shapes live in ``configs/models/<name>.json`` (``config.json`` fields of a Hugging Face config; a
+``_comment`` key is ignored; ``model_type`` picks the family, T5 when absent): the T5 shapes
+``codet5-large`` (the paper's model, DESIGN §5), ``mid``, ``small``, ``tiny``, and causal shapes
+``llama-tiny``, ``llama-demo``, ``qwen2.5-coder-1.5b``, ``qwen2.5-coder-7b``. Every shape uses
+CodeT5's token layout unless it says otherwise (the Qwen shapes keep Qwen's): pad 0 (= T5's
+decoder start), bos 1, eos 2.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = [
     "count_parameters",
     "model_config",
     "model_config_names",
+    "random_model",
     "random_t5",
     "save_random_checkpoint",
 ]
@@ -34,15 +38,16 @@ def model_config_names() -> list[str]:
 
 
 def model_config(name_or_path: str | Path, **overrides: Any) -> Any:
-    """A ``T5Config`` from a shape name (``tiny``, ``small``, ``mid``, ``codet5-large``), a JSON file
-    or a checkpoint directory, with ``overrides`` (e.g. ``vocab_size=len(tokenizer)``) applied."""
-    from transformers import T5Config
+    """A config from a shape name (``tiny``, ``small``, ``mid``, ``codet5-large``, ``llama-tiny`` ...),
+    a JSON file or a checkpoint directory, with ``overrides`` (e.g. ``vocab_size=len(tokenizer)``)
+    applied: a ``T5Config``, or the causal family's config of the ``model_type`` named."""
+    from bcoder_core.model.family import family_for_fields
 
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "config.json"
-    elif not path.suffix:
-        path = MODEL_CONFIG_DIR / f"{name_or_path}.json"
+    elif not path.suffix or (not path.exists() and (MODEL_CONFIG_DIR / f"{name_or_path}.json").is_file()):
+        path = MODEL_CONFIG_DIR / f"{name_or_path}.json"  # a shape name (may hold dots: qwen2.5-...)
     if not path.is_file():
         raise BcoderError(
             f"model shape {name_or_path!r}: no such file ({path}); known: {', '.join(model_config_names())}"
@@ -55,41 +60,47 @@ def model_config(name_or_path: str | Path, **overrides: Any) -> Any:
         raise BcoderError(f"model shape {path}: expected a JSON object, found {type(fields).__name__}")
     fields = {k: v for k, v in fields.items() if not k.startswith("_")}
     fields = {**_LAYOUT, **fields, **overrides}
+    family = family_for_fields(fields, where=path)
     try:
-        return T5Config(**fields)
-    except (TypeError, ValueError) as exc:
+        return family.build_config(fields)
+    except (TypeError, ValueError, KeyError) as exc:
         raise BcoderError(f"model shape {path}: {exc}") from exc
 
 
-def random_t5(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A ``T5ForConditionalGeneration`` of ``config``'s shape with seeded random weights.
+def random_model(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A language model of ``config``'s shape (any family) with seeded random weights.
 
     The global RNG state is left as it was.
     """
-    from transformers import T5ForConditionalGeneration
+    from bcoder_core.model.family import family_for_config
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        t5 = T5ForConditionalGeneration(config)
-    return t5.to(dtype)
+    return family_for_config(config).random_model(config, seed=seed, dtype=dtype)
+
+
+def random_t5(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ``T5ForConditionalGeneration`` of ``config``'s shape with seeded random weights."""
+    from bcoder_core.model.t5 import FAMILY
+
+    return FAMILY.random_model(config, seed=seed, dtype=dtype)
 
 
 def save_random_checkpoint(config: Any, out: str | Path, *, seed: int = 0, tokenizer: Any = None) -> Path:
-    """Write a randomly initialised T5 checkpoint directory (and the tokenizer, if given)."""
+    """Write a randomly initialised checkpoint directory of any family (and the tokenizer, if given)."""
     out = Path(out)
-    random_t5(config, seed=seed).save_pretrained(str(out))
+    random_model(config, seed=seed).save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
 
 
 def count_parameters(config: Any, *, untied_lm_head: bool = False) -> int:
-    """Parameter count of ``config``'s T5, built on the meta device (nothing allocated)."""
-    from transformers import T5ForConditionalGeneration
+    """Parameter count of ``config``'s model, built on the meta device (nothing allocated)."""
+    from bcoder_core.model.family import family_for_config
 
     with torch.device("meta"):
-        t5 = T5ForConditionalGeneration(config)
-    n = sum(p.numel() for p in t5.parameters())
-    if untied_lm_head and t5.lm_head.weight is t5.shared.weight:
-        n += t5.lm_head.weight.numel()
+        lm = family_for_config(config).random_model(config, seed=0, dtype=torch.float32)
+    n = sum(p.numel() for p in lm.parameters())
+    out, inp = lm.get_output_embeddings(), lm.get_input_embeddings()
+    if untied_lm_head and out is not None and out.weight is inp.weight:
+        n += out.weight.numel()
     return n

@@ -1,73 +1,42 @@
-"""The B-Coder model (DESIGN §2.2): a frozen encoder shared by θ_ckpt, φ and θ.
+"""The B-Coder model of DESIGN §2.2 for any model family: θ_ckpt, φ and θ, and the parts they share.
 
-One pretrained ``T5ForConditionalGeneration`` (CodeT5-large-ntp-py / the CodeRL checkpoint, or a
-small T5) gives every part. A ``BCoderModel`` holds only the parts its *stage* needs:
+A model family (``bcoder_core.model.family``) is the one place that knows an architecture; this
+module holds what every family's model has in common:
 
-=========  ==========================================================  =========================
-stage      parts                                                       trainable
-=========  ==========================================================  =========================
-sft        the whole T5 (plain supervised fine-tuning)                 everything
-annotate   encoder, θ_ckpt decoder + LM head (+ φ with ``phi_path``)   nothing
-phi        encoder, φ = decoder copy + value head (d_model → 1)        φ decoder + φ head
-theta      encoder, θ = decoder copy + LM head + residual heads h1,h2  θ decoder, LM head, h1
-eval       encoder, θ (+ φ with ``phi_path``), for ranking             nothing
-=========  ==========================================================  =========================
+- :class:`BCoderModel`, the base class and the front door: ``BCoderModel.from_pretrained(dir,
+  stage=...)`` reads the checkpoint's ``config.json``, picks the family (T5 → ``model/t5.py``, a
+  Hugging Face causal LM → ``model/causal.py``) and returns that family's model for the stage;
+- the operations the losses, annotate, rank and sample call (:class:`QModel`), so a third family is
+  one new module implementing them;
+- the residual value heads h1, h2 of θ and φ's value head (same initialisation in every family),
+  and the files they are saved in.
 
-Conventions: decoder inputs are the labels shifted right (decoder_start = ``<pad>`` = 0, label
-padding −100 read as ``<pad>``); output position t belongs to the state s_t = (D, w_<t) and the
-action a_t = labels[t]. No decoder attention mask is needed (labels are right-padded and the
-decoder is causal), exactly as ``T5ForConditionalGeneration(labels=...)`` computes it.
+Each stage's model holds only the parts that stage needs (``ModelRole``):
 
-**Tied embeddings.** T5 v1.0 / CodeT5 use one embedding matrix E for the encoder input, the decoder
-input and the LM head, and scale the decoder output by d_model**-0.5 before the tied head
-(verified in transformers 5.24 ``modeling_t5.py``: ``if self.config.scale_decoder_outputs:
-sequence_output *= model_dim**-0.5``; ``T5Config`` sets ``scale_decoder_outputs`` from
-``tie_word_embeddings`` and always ties). The encoder must stay frozen while θ's LM head trains,
-so here:
+=========  ===============================================  ===================================
+stage      parts                                            trainable
+=========  ===============================================  ===================================
+sft        the whole language model                         everything
+annotate   θ_ckpt (+ φ with ``phi_path``)                   nothing
+phi        φ = network + value head (d → 1)                 φ (its adapter with LoRA) + head
+theta      θ = network + LM head + residual heads h1, h2    θ (its adapter with LoRA) + h1
+eval       θ (+ φ with ``phi_path``), for ranking           nothing
+=========  ===============================================  ===================================
 
-- E (``shared``) is frozen: it stays the encoder's and every decoder's input embedding;
-- θ gets an untied LM head W_θ initialised to E·d_model**-0.5 (no output scaling), so
-  ℓ_θ = (h·d**-0.5)·Eᵀ = h·W_θᵀ at init — the checkpoint's logits (bit-exact when d_model is a
-  power of 4, e.g. 1024; to float rounding otherwise);
-- θ_ckpt keeps the checkpoint's own head and scaling.
-
-**The φ head** (DESIGN §2.2 says "a linear layer d_model → 1, zero-initialised"): its weight is
-zero-initialised, its bias is ``PHI_HEAD_INIT_BIAS`` = 0.1, not 0. With an all-zero head u_φ ≡ 0, and
-u = 0 is the stationary point of the bound (dV/du = −tanh(u/2)/2 = 0): no gradient would ever reach
-the head or the decoder and φ could not learn. With the bias at 0.1, V_φ starts uniform and
-optimistic, R_max − log cosh(0.05) ≈ R_max − 0.00125, the TD error has a non-zero gradient
-(−tanh(0.05)/2 ≈ −0.025 per unit of error; Adam's normalised steps make its size irrelevant),
-and the weight leaves zero on the first step, after which the decoder gets gradients too.
-
-**Saved formats.**
-
-- θ (stage theta/eval): a plain Hugging Face ``T5ForConditionalGeneration`` directory
-  (``config.json`` with ``tie_word_embeddings: false`` and ``scale_decoder_outputs: false``,
-  ``model.safetensors`` with ``shared``, encoder, θ decoder and ``lm_head``) — it loads with
-  ``T5ForConditionalGeneration.from_pretrained`` and gives θ's logits (transformers 5.24 logs a
-  notice that it does not tie the two differing matrices, which is what we want) — plus
-  ``heads.safetensors`` (``h1.weight``, ``h1.bias``, ``h2.weight``, ``h2.bias``).
-- φ (stage phi): ``phi.safetensors`` (``decoder.*``: the decoder stack without its input embedding,
-  which is the frozen shared E; ``head.weight``, ``head.bias``) + ``phi_config.json`` (format tag,
-  shape, and a fingerprint of E so that φ is only ever joined to an encoder with the same
-  embedding). The two files may sit in a θ directory: ``phi_path`` may then equal the θ path.
-- sft: the T5 as ``save_pretrained`` writes it (tied, like the checkpoint it started from).
+Conventions shared by every family: a batch's ``labels`` [B, T] are the program tokens (ending in
+EOS, right-padded with −100); output position t belongs to the state s_t = (prompt, w_<t) and the
+action a_t = labels[t]; every per-token output ([B, T] or [B, T, V]) is read at program positions
+only — prompt positions never reach a loss.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-import logging
 import math
 import typing
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcoder_core.errors import BcoderError
@@ -81,9 +50,9 @@ __all__ = [
     "PHI_HEAD_INIT_BIAS",
     "PHI_WEIGHTS",
     "BCoderModel",
+    "ModelRole",
+    "QModel",
     "load_phi",
-    "load_t5",
-    "shift_right",
 ]
 
 ModelRole = Literal["sft", "annotate", "phi", "theta", "eval"]
@@ -93,306 +62,101 @@ HEADS_WEIGHTS = "heads.safetensors"
 PHI_WEIGHTS = "phi.safetensors"
 PHI_CONFIG = "phi_config.json"
 PHI_FORMAT = "bcoder-phi/1"
-# u_φ at init (module docstring, "The φ head"): V_φ = R_max − log cosh(0.05) ≈ R_max − 0.00125 everywhere.
+# u_φ at init (the "φ head" note in model/t5.py): V_φ = R_max − log cosh(0.05) ≈ R_max − 0.00125.
 PHI_HEAD_INIT_BIAS = 0.1
 
 
-def shift_right(labels: Tensor, start_id: int = 0, pad_id: int = 0) -> Tensor:
-    """Decoder inputs for ``labels`` [B, T]: [start, labels[:, :-1]] with −100 read as ``pad_id``."""
-    out = labels.new_full(labels.shape, pad_id)
-    out[:, 0] = start_id
-    out[:, 1:] = labels[:, :-1]
-    return out.masked_fill_(out == -100, pad_id)
+@runtime_checkable
+class QModel(Protocol):
+    """What the losses (``rl/losses.py``), annotate, rank and the training loops call on a model.
 
+    ``ctx`` is what :meth:`encode` returns for a prompt batch: the frozen encoder's states for T5
+    (computed once per distinct prompt and shared), the left-aligned prompt tokens for a causal LM
+    (whose prompt runs through each network). It supports ``ctx.index_select(0, rows)``.
+    """
 
-def _output_scale(config: Any) -> float:
-    scaled = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True))
-    return float(config.d_model) ** -0.5 if scaled else 1.0
+    stage: str
+    alpha: float
+    vocab_size: int
+    pad_token_id: int
+    family: str
 
+    @property
+    def has_phi(self) -> bool: ...
 
-def _embedding_fingerprint(weight: Tensor) -> list[float]:
-    """Cheap identity check of the frozen shared embedding (shape-independent summary numbers)."""
-    w = weight.detach().float()
-    rows = w[: min(64, w.shape[0])]
-    return [float(w.shape[0]), float(w.shape[1]), float(rows.sum()), float(rows.abs().sum())]
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Any: ...
 
+    def ckpt_logits(self, ctx: Any, attention_mask: Tensor, labels: Tensor) -> Tensor: ...
 
-def _fingerprints_match(a: list[float], b: list[float]) -> bool:
-    if len(a) != len(b) or a[:2] != b[:2]:
-        return False
-    return all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-3) for x, y in zip(a[2:], b[2:], strict=True))
+    def phi_values(self, ctx: Any, attention_mask: Tensor, labels: Tensor) -> Tensor: ...
 
+    def theta_outputs(self, ctx: Any, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]: ...
 
-def _resolve_dir(path: str | Path) -> str:
-    """A local directory for ``path``: local paths as they are, ``s3://`` artifacts fetched."""
-    s = str(path)
-    if s.startswith("s3://"):
-        from bcoder_core import storage
+    def sft_logits(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor: ...
 
-        return str(storage.input_path(s))
-    return s
+    def trainable_parameters(self, stage: str | None = None) -> list[nn.Parameter]: ...
 
+    def value_head_parameters(self, stage: str | None = None) -> list[nn.Parameter]: ...
 
-class _UntiedNoticeFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "so we will NOT tie them" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_untied_notice() -> Iterator[None]:
-    """Hide transformers 5.x's notice that a saved θ's head and embedding differ (they must)."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    filt = _UntiedNoticeFilter()
-    logger.addFilter(filt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(filt)
-
-
-def _decoder_state(stack: nn.Module) -> dict[str, Tensor]:
-    return {k: v for k, v in stack.state_dict().items() if not k.startswith("embed_tokens.")}
-
-
-def _new_decoder_like(template: nn.Module, state: dict[str, Tensor], embed: nn.Module) -> nn.Module:
-    """A decoder stack with ``template``'s config and the weights in ``state`` (no embedding copy)."""
-    from transformers.models.t5.modeling_t5 import T5Stack
-
-    ref = next(template.parameters())
-    with torch.device("meta"):
-        stack = T5Stack(copy.deepcopy(template.config))
-    stack.embed_tokens = embed
-    missing, unexpected = stack.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.startswith("embed_tokens.")]
-    if missing or unexpected:
-        raise BcoderError(
-            f"phi weights do not fit the decoder: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    return stack.to(device=ref.device, dtype=ref.dtype)
+    def save_pretrained(self, path: str | Path, stage: str | None = None, tokenizer: Any = None) -> None: ...
 
 
 class BCoderModel(nn.Module):
-    """Encoder + θ_ckpt + φ + θ of DESIGN §2.2, holding only what ``stage`` needs (module docstring)."""
+    """Base of every family's model (module docstring); ``from_pretrained`` picks the family."""
 
-    def __init__(
-        self,
-        t5: nn.Module,
-        stage: ModelRole,
-        *,
-        phi_state: dict[str, Tensor] | None = None,
-        phi_fingerprint: list[float] | None = None,
-        heads_state: dict[str, Tensor] | None = None,
-        head_seed: int = 0,
-        alpha: float = 1.0,
-    ) -> None:
+    family: str = ""
+
+    def __init__(self, stage: ModelRole, *, alpha: float = 1.0) -> None:
         super().__init__()
-        if stage not in MODEL_ROLES:
-            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
+        check_role(stage)
         self.stage: str = stage
         # The policy temperature θ was trained with; saved with the heads so that ranking scores
         # A_θ = α(ℓ_θ − max ℓ_θ) on the scale the value heads learned.
         self.alpha: float = float(alpha)
-        self.config = t5.config
-        self.d_model: int = int(t5.config.d_model)
-        self.vocab_size: int = int(t5.lm_head.weight.shape[0])
-        self.decoder_start_token_id: int = int(getattr(t5.config, "decoder_start_token_id", None) or 0)
-        self.pad_token_id: int = int(getattr(t5.config, "pad_token_id", None) or 0)
-        self.ckpt_scale: float = _output_scale(t5.config)
-        self.t5: nn.Module | None = None
-        self.shared: nn.Module | None = None
-        self.encoder: nn.Module | None = None
-        self.ckpt_decoder: nn.Module | None = None
-        self.ckpt_lm_head: nn.Module | None = None
-        self.phi_decoder: nn.Module | None = None
         self.phi_head: nn.Linear | None = None
-        self.theta_decoder: nn.Module | None = None
-        self.lm_head: nn.Linear | None = None
         self.h1: nn.Linear | None = None
         self.h2: nn.Linear | None = None
 
-        if stage == "sft":
-            self.t5 = t5
-            for p in t5.parameters():
-                p.requires_grad_(True)
-            return
-
-        for p in t5.parameters():
-            p.requires_grad_(False)
-        self.shared = t5.shared
-        self.encoder = t5.encoder
-        if (
-            phi_state is not None
-            and phi_fingerprint is not None
-            and not _fingerprints_match(phi_fingerprint, _embedding_fingerprint(t5.shared.weight))
-        ):
-            raise BcoderError(
-                "phi weights were trained on a different checkpoint (shared embedding fingerprint differs)"
-            )
-        if stage == "annotate":
-            self.ckpt_decoder = t5.decoder
-            self.ckpt_lm_head = t5.lm_head
-            if phi_state is not None:
-                self._set_phi(phi_state, template=t5.decoder)
-        elif stage == "phi":
-            self.phi_decoder = t5.decoder
-            self.phi_head = _linear(self.d_model, 1, like=t5.shared.weight)
-            nn.init.zeros_(self.phi_head.weight)
-            nn.init.constant_(self.phi_head.bias, PHI_HEAD_INIT_BIAS)
-            if phi_state is not None:  # resume
-                self._load_phi_state(phi_state)
-        else:  # theta, eval
-            self.theta_decoder = t5.decoder
-            head = t5.lm_head
-            if head.weight is t5.shared.weight or self.ckpt_scale != 1.0:
-                head = _linear(self.d_model, self.vocab_size, bias=False, like=t5.shared.weight)
-                with torch.no_grad():
-                    head.weight.copy_(t5.lm_head.weight * self.ckpt_scale)
-            self.lm_head = head
-            self.h1, self.h2 = self._make_heads(heads_state, head_seed)
-            if stage == "eval" and phi_state is not None:
-                self._set_phi(phi_state, template=t5.decoder)
-
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in self.trainable_parameters(stage):
-            p.requires_grad_(True)
-        self.train(self.training)
-
     # ---------------------------------------------------------------------------------- building
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        stage: ModelRole,
-        phi_path: str | Path | None = None,
-        dtype: torch.dtype | None = torch.float32,
-        device: str | torch.device | None = None,
-        dropout: float | None = None,
-        head_seed: int = 0,
-    ) -> BCoderModel:
-        """Build ``stage``'s model from a ``T5ForConditionalGeneration`` directory (or URI / hub id).
+    def from_pretrained(cls, path: str | Path, *, stage: ModelRole, **kwargs: Any) -> BCoderModel:
+        """``stage``'s model from a checkpoint directory (or URI / hub id) of any registered family.
 
-        ``path`` is the checkpoint for sft/annotate/phi/theta, or a saved θ for eval (and for
-        resuming theta: its ``heads.safetensors`` is loaded when present). ``phi_path`` holds a saved
-        φ: required for resuming phi, optional for annotate (adds φ for the ``v_phi`` column) and
-        eval (ranking without a ``v_phi`` column). ``dropout`` overrides the config's dropout_rate.
+        Called on a family's class, builds that family's model; on ``BCoderModel``, reads the
+        family from the checkpoint's ``config.json`` first. ``kwargs``: ``phi_path``, ``dtype``,
+        ``device``, ``dropout``, ``head_seed``, and (causal family) ``lora``.
         """
-        if stage not in MODEL_ROLES:
-            raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
-        if phi_path is not None and stage in ("sft", "theta"):
-            raise BcoderError(
-                f"model stage {stage}: phi_path is not used (theta reads V_phi from the annotated v_phi column)"
-            )
-        local = _resolve_dir(path)
-        kwargs: dict[str, Any] = {}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if dropout is not None:
-            kwargs["dropout_rate"] = float(dropout)
-        t5 = load_t5(local, where=path, **kwargs)
-        heads_state = None
-        alpha = 1.0
-        heads_file = Path(local) / HEADS_WEIGHTS
-        if stage in ("theta", "eval") and heads_file.is_file():
-            heads_state = files.load_safetensors(heads_file)
-            with files.open_safetensors(heads_file) as f:
-                alpha_text = (f.metadata() or {}).get("alpha", 1.0)
-            try:
-                alpha = float(alpha_text)
-            except ValueError:
-                raise BcoderError(f"{heads_file}: metadata alpha {alpha_text!r} is not a number") from None
-        phi_state = fingerprint = None
-        if phi_path is not None:
-            phi_state, fingerprint = load_phi(phi_path)
-        model = cls(
-            t5,
-            stage,
-            phi_state=phi_state,
-            phi_fingerprint=fingerprint,
-            heads_state=heads_state,
-            head_seed=head_seed,
-            alpha=alpha,
+        if cls is not BCoderModel:
+            raise NotImplementedError(f"{cls.__name__} must implement from_pretrained")
+        from bcoder_core.model.family import family_for_checkpoint
+
+        check_role(stage)
+        local = resolve_dir(path)
+        where = kwargs.pop("where", None) or path
+        return (
+            family_for_checkpoint(local, where=where)
+            .model_class()
+            .from_pretrained(local, stage=stage, where=where, **kwargs)
         )
-        return model.to(device) if device is not None else model
 
     @classmethod
-    def from_config(
-        cls,
-        config: Any,
-        *,
-        stage: ModelRole,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device | None = None,
-        head_seed: int = 0,
-    ) -> BCoderModel:
-        """A randomly initialised model of ``config``'s shape (a ``T5Config``), for tests and benches."""
-        from bcoder_core.model.build import random_t5
+    def from_config(cls, config: Any, *, stage: ModelRole, **kwargs: Any) -> BCoderModel:
+        """A randomly initialised model of ``config``'s shape (any registered family), for tests."""
+        if cls is not BCoderModel:
+            raise NotImplementedError(f"{cls.__name__} must implement from_config")
+        from bcoder_core.model.family import family_for_config
 
-        t5 = random_t5(config, seed=seed, dtype=dtype)
-        model = cls(t5, stage, head_seed=head_seed)
-        return model.to(device) if device is not None else model
-
-    def _make_heads(self, state: dict[str, Tensor] | None, seed: int) -> tuple[nn.Linear, nn.Linear]:
-        h1 = _linear(self.d_model, 1, like=self.shared.weight)
-        h2 = _linear(self.d_model, 1, like=self.shared.weight)
-        with torch.no_grad():
-            if state is not None:
-                try:
-                    for name, head in (("h1", h1), ("h2", h2)):
-                        head.weight.copy_(state[f"{name}.weight"])
-                        head.bias.copy_(state[f"{name}.bias"])
-                except (KeyError, RuntimeError) as exc:
-                    raise BcoderError(f"{HEADS_WEIGHTS}: bad residual value heads ({exc})") from exc
-            else:
-                # Paper App. G.2: h1 and h2 start with the same (random) weights, so V^r = h1 − h2 = 0.
-                g = torch.Generator().manual_seed(seed)
-                lim = self.d_model**-0.5
-                w = (torch.rand(1, self.d_model, generator=g, dtype=torch.float64) * 2 - 1) * lim
-                for head in (h1, h2):
-                    head.weight.copy_(w)
-                    head.bias.zero_()
-        return h1, h2
-
-    def _set_phi(self, state: dict[str, Tensor], *, template: nn.Module) -> None:
-        dec = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
-        self.phi_decoder = _new_decoder_like(template, dec, template.embed_tokens)
-        for p in self.phi_decoder.parameters():
-            p.requires_grad_(False)
-        self.phi_head = _linear(self.d_model, 1, like=self.shared.weight)
-        self._load_phi_head(state)
-        for p in self.phi_head.parameters():
-            p.requires_grad_(False)
-
-    def _load_phi_state(self, state: dict[str, Tensor]) -> None:
-        dec = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
-        missing, unexpected = self.phi_decoder.load_state_dict(dec, strict=False)
-        missing = [k for k in missing if not k.startswith("embed_tokens.")]
-        if missing or unexpected:
-            raise BcoderError(
-                f"phi weights do not fit the decoder: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        self._load_phi_head(state)
-
-    def _load_phi_head(self, state: dict[str, Tensor]) -> None:
-        try:
-            with torch.no_grad():
-                self.phi_head.weight.copy_(state["head.weight"])
-                self.phi_head.bias.copy_(state["head.bias"])
-        except (KeyError, RuntimeError) as exc:
-            raise BcoderError(f"{PHI_WEIGHTS}: bad value head ({exc})") from exc
+        return family_for_config(config).model_class().from_config(config, stage=stage, **kwargs)
 
     # ---------------------------------------------------------------------------------- parts
+    @property
+    def has_phi(self) -> bool:
+        """Whether φ is loaded (annotate's ``v_phi`` column, ranking without it)."""
+        return self.phi_head is not None
+
     def _frozen_modules(self) -> list[nn.Module]:
-        if self.stage == "sft":
-            return []
-        frozen = [self.encoder, self.ckpt_decoder]
-        if self.stage != "phi":
-            frozen.append(self.phi_decoder)
-        if self.stage != "theta":
-            frozen.append(self.theta_decoder)
-        return [m for m in frozen if m is not None]
+        """Modules that stay in eval mode whatever ``train()`` says (frozen networks: no dropout)."""
+        return []
 
     def train(self, mode: bool = True) -> BCoderModel:
         """As ``nn.Module.train``, but frozen parts always stay in eval mode (no dropout)."""
@@ -400,25 +164,6 @@ class BCoderModel(nn.Module):
         for m in self._frozen_modules():
             m.eval()
         return self
-
-    def trainable_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
-        """The parameters the optimiser of ``stage`` (default: this model's stage) updates."""
-        stage = stage or self.stage
-        if stage == "sft":
-            if self.t5 is None:
-                raise BcoderError(f"a {self.stage}-stage model has no sft parameters")
-            return list(self.t5.parameters())
-        if stage in ("annotate", "eval"):
-            return []
-        if stage == "phi":
-            if self.phi_decoder is None or self.stage != "phi":
-                raise BcoderError(f"a {self.stage}-stage model has no phi parameters to train")
-            return [*_own_params(self.phi_decoder), *self.phi_head.parameters()]
-        if stage == "theta":
-            if self.theta_decoder is None or self.stage != "theta":
-                raise BcoderError(f"a {self.stage}-stage model has no theta parameters to train")
-            return [*_own_params(self.theta_decoder), *self.lm_head.parameters(), *self.h1.parameters()]
-        raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
 
     def value_head_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
         """The freshly initialised scalar value heads among ``stage``'s trainable parameters."""
@@ -429,64 +174,15 @@ class BCoderModel(nn.Module):
             return list(self.h1.parameters())
         return []
 
+    def _freeze_all_but(self, stage: str) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.trainable_parameters(stage):
+            p.requires_grad_(True)
+
     # ---------------------------------------------------------------------------------- compute
-    def decoder_input_ids(self, labels: Tensor) -> Tensor:
-        """Right-shifted labels: the decoder input whose position t sees w_<t."""
-        return shift_right(labels, self.decoder_start_token_id, self.pad_token_id)
-
-    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Frozen encoder states [B, S, d] of the prompts (no grad)."""
-        encoder = self.encoder if self.encoder is not None else self.t5.encoder
-        with torch.no_grad():
-            return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    def _hidden(
-        self, decoder: nn.Module | None, what: str, enc: Tensor, attention_mask: Tensor, labels: Tensor
-    ) -> Tensor:
-        if decoder is None:
-            raise BcoderError(f"a {self.stage}-stage model has no {what}")
-        return decoder(
-            input_ids=self.decoder_input_ids(labels),
-            encoder_hidden_states=enc,
-            encoder_attention_mask=attention_mask,
-            use_cache=False,
-        ).last_hidden_state
-
-    def phi_values(self, enc: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
-        """Raw φ head output u_φ(s_t) [B, T] (V_φ = bound(u_φ))."""
-        h = self._hidden(self.phi_decoder, "phi", enc, attention_mask, labels)
-        return self.phi_head(h).squeeze(-1)
-
-    def theta_outputs(self, enc: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """θ's logits ℓ_θ [B, T, V] and raw residual value u^r = h1(x) − h2(x) [B, T]."""
-        h = self._hidden(self.theta_decoder, "theta", enc, attention_mask, labels)
-        logits = self.lm_head(h)
-        # (W1 − W2)·x + (b1 − b2): one thin matmul; exactly 0 while h1 = h2; h2 gets no gradient.
-        u_r = F.linear(h, self.h1.weight - self.h2.weight.detach(), self.h1.bias - self.h2.bias.detach())
-        return logits, u_r.squeeze(-1)
-
-    def ckpt_logits(self, enc: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
-        """The frozen checkpoint's logits ℓ_ckpt [B, T, V] (no grad)."""
-        with torch.no_grad():
-            h = self._hidden(self.ckpt_decoder, "checkpoint decoder", enc, attention_mask, labels)
-            if self.ckpt_scale != 1.0:
-                h = h * self.ckpt_scale
-            return self.ckpt_lm_head(h)
-
-    def sft_logits(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
-        """Logits of the full trainable T5 (stage sft); θ's logits in stage theta."""
-        if self.t5 is not None:
-            return self.t5(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                decoder_input_ids=self.decoder_input_ids(labels),
-                use_cache=False,
-            ).logits
-        enc = self.encode(input_ids, attention_mask)
-        return self.theta_outputs(enc, attention_mask, labels)[0]
-
     def forward(
-        self, mode: str, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, enc: Tensor | None = None
+        self, mode: str, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, enc: Any = None
     ) -> dict[str, Tensor]:
         """One entry point for wrappers that need ``forward`` (DDP): mode sft|phi|theta|ckpt|eval.
 
@@ -504,96 +200,58 @@ class BCoderModel(nn.Module):
         if mode in ("theta", "eval"):
             logits, u_r = self.theta_outputs(enc, attention_mask, labels)
             out = {"logits": logits, "u_r": u_r}
-            if mode == "eval" and self.phi_decoder is not None:
+            if mode == "eval" and self.has_phi:
                 out["u_phi"] = self.phi_values(enc, attention_mask, labels)
             return out
         raise BcoderError(f"model forward mode {mode!r}: expected sft, phi, theta, ckpt or eval")
 
-    # ---------------------------------------------------------------------------------- HF views
-    def generation_model(
-        self, which: Literal["theta", "ckpt"] = "theta", *, eval_mode: bool = True
-    ) -> nn.Module:
-        """A ``T5ForConditionalGeneration`` sharing this model's weights (no copy), for ``generate``.
-
-        ``which="theta"``: π_θ = softmax(ℓ_θ) (untied head, no output scaling); ``"ckpt"``: the frozen
-        checkpoint (annotate stage). In stage sft, the trained T5 itself. With ``eval_mode`` (default)
-        the view is switched to eval mode — and with it the modules it shares with this model (call
-        ``train()`` on this model to go back); ``eval_mode=False`` leaves every mode as it is.
-        """
-        from transformers import GenerationConfig, T5ForConditionalGeneration
-
-        if self.t5 is not None:
-            return self.t5
-        if which == "theta":
-            decoder, head, scaled = self.theta_decoder, self.lm_head, False
-        elif which == "ckpt":
-            decoder, head, scaled = self.ckpt_decoder, self.ckpt_lm_head, self.ckpt_scale != 1.0
-        else:
-            raise BcoderError(f"generation model {which!r}: expected theta or ckpt")
-        if decoder is None:
-            raise BcoderError(f"a {self.stage}-stage model has no {which} decoder to generate with")
-        cfg = copy.deepcopy(self.config)
-        cfg.scale_decoder_outputs = scaled
-        with torch.device("meta"):
-            view = T5ForConditionalGeneration(cfg)
-        view.shared = self.shared
-        view.encoder = self.encoder
-        view.decoder = decoder
-        view.lm_head = head
-        view.generation_config = GenerationConfig(
-            decoder_start_token_id=self.decoder_start_token_id,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=getattr(self.config, "eos_token_id", None),
-            bos_token_id=getattr(self.config, "bos_token_id", None),
+    def residual_value(self, h: Tensor) -> Tensor:
+        """u^r = h1(x) − h2(x) [..] from θ's last hidden states [.., d]."""
+        # (W1 − W2)·x + (b1 − b2): one thin matmul; exactly 0 while h1 = h2; h2 gets no gradient.
+        u_r = nn.functional.linear(
+            h, self.h1.weight - self.h2.weight.detach(), self.h1.bias - self.h2.bias.detach()
         )
-        bad = [n for n, p in view.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
-        if bad:  # pragma: no cover - every module is replaced above
-            raise RuntimeError(f"generation view left parameters on meta: {bad[:3]}")
-        return view.eval() if eval_mode else view
+        return u_r.squeeze(-1)
 
-    # ---------------------------------------------------------------------------------- saving
-    def save_pretrained(self, path: str | Path, stage: str | None = None, tokenizer: Any = None) -> None:
-        """Save ``stage``'s trained part (module docstring: formats) into directory ``path``.
+    # ---------------------------------------------------------------------------------- heads
+    def _make_heads(self, d_model: int, like: Tensor, state: dict[str, Tensor] | None, seed: int) -> None:
+        """θ's residual value heads h1, h2: loaded from ``state``, else equal random weights."""
+        h1, h2 = linear(d_model, 1, like=like), linear(d_model, 1, like=like)
+        with torch.no_grad():
+            if state is not None:
+                try:
+                    for name, head in (("h1", h1), ("h2", h2)):
+                        head.weight.copy_(state[f"{name}.weight"])
+                        head.bias.copy_(state[f"{name}.bias"])
+                except (KeyError, RuntimeError) as exc:
+                    raise BcoderError(f"{HEADS_WEIGHTS}: bad residual value heads ({exc})") from exc
+            else:
+                # Paper App. G.2: h1 and h2 start with the same (random) weights, so V^r = h1 − h2 = 0.
+                g = torch.Generator().manual_seed(seed)
+                lim = d_model**-0.5
+                w = (torch.rand(1, d_model, generator=g, dtype=torch.float64) * 2 - 1) * lim
+                for head in (h1, h2):
+                    head.weight.copy_(w)
+                    head.bias.zero_()
+        self.h1, self.h2 = h1, h2
 
-        sft: the T5; theta: θ (HF T5 + heads); phi: φ; eval: θ and, if loaded, φ, side by side.
-        ``tokenizer`` (optional) is saved into the same directory.
-        """
-        stage = stage or self.stage
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        if stage == "sft":
-            if self.t5 is None:
-                raise BcoderError(f"a {self.stage}-stage model has no sft model to save")
-            self.t5.save_pretrained(str(out))
-        elif stage in ("theta", "eval"):
-            self._save_theta(out)
-            if stage == "eval" and self.phi_decoder is not None:
-                self._save_phi(out)
-        elif stage == "phi":
-            if self.phi_decoder is None:
-                raise BcoderError(f"a {self.stage}-stage model has no phi to save")
-            self._save_phi(out)
-        else:
-            raise BcoderError(f"save_pretrained: nothing to save for stage {stage!r}")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
+    def _make_phi_head(self, d_model: int, like: Tensor, state: dict[str, Tensor] | None) -> None:
+        """φ's value head: zero weight and bias ``PHI_HEAD_INIT_BIAS``, or loaded from ``state``."""
+        self.phi_head = linear(d_model, 1, like=like)
+        with torch.no_grad():
+            if state is None:
+                nn.init.zeros_(self.phi_head.weight)
+                nn.init.constant_(self.phi_head.bias, PHI_HEAD_INIT_BIAS)
+                return
+            try:
+                self.phi_head.weight.copy_(state["head.weight"])
+                self.phi_head.bias.copy_(state["head.bias"])
+            except (KeyError, RuntimeError) as exc:
+                raise BcoderError(f"{PHI_WEIGHTS}: bad value head ({exc})") from exc
 
-    def _save_theta(self, out: Path) -> None:
+    def _save_heads(self, out: Path) -> None:
         from safetensors.torch import save_file
 
-        if self.theta_decoder is None:
-            raise BcoderError(f"a {self.stage}-stage model has no theta to save")
-        view = self.generation_model("theta", eval_mode=False)  # saving must not change θ's train mode
-        view.config.tie_word_embeddings = False
-        view.config.scale_decoder_outputs = False
-        view.save_pretrained(str(out))
-        cfg_file = out / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        # transformers 5.x writes tie_word_embeddings: true whatever it holds; write the truth so every
-        # version (4.x reads the flag to decide scaling and tying) loads θ's untied, unscaled head.
-        cfg["tie_word_embeddings"] = False
-        cfg["scale_decoder_outputs"] = False
-        cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         heads = {
             "h1.weight": self.h1.weight,
             "h1.bias": self.h1.bias,
@@ -606,58 +264,76 @@ class BCoderModel(nn.Module):
             metadata={"alpha": repr(self.alpha)},
         )
 
-    def _save_phi(self, out: Path) -> None:
-        from safetensors.torch import save_file
 
-        state = {f"decoder.{k}": v for k, v in _decoder_state(self.phi_decoder).items()}
-        state["head.weight"] = self.phi_head.weight
-        state["head.bias"] = self.phi_head.bias
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / PHI_WEIGHTS))
-        meta = {
-            "format": PHI_FORMAT,
-            "d_model": self.d_model,
-            "num_decoder_layers": int(getattr(self.config, "num_decoder_layers", 0) or 0),
-            "vocab_size": self.vocab_size,
-            "shared_embedding_fingerprint": _embedding_fingerprint(self.shared.weight),
-        }
-        (out / PHI_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+# -------------------------------------------------------------------------------------- helpers
+def check_role(stage: str) -> None:
+    if stage not in MODEL_ROLES:
+        raise BcoderError(f"model stage {stage!r}: expected one of {', '.join(MODEL_ROLES)}")
 
 
-def _linear(d_in: int, d_out: int, *, like: Tensor, bias: bool = True) -> nn.Linear:
+def check_load(stage: str, phi_path: str | Path | None) -> None:
+    """The arguments every family's ``from_pretrained`` refuses alike."""
+    check_role(stage)
+    if phi_path is not None and stage in ("sft", "theta"):
+        raise BcoderError(
+            f"model stage {stage}: phi_path is not used (theta reads V_phi from the annotated v_phi column)"
+        )
+
+
+def resolve_dir(path: str | Path) -> str:
+    """A local directory for ``path``: local paths as they are, ``s3://`` artifacts fetched."""
+    s = str(path)
+    if s.startswith("s3://"):
+        from bcoder_core import storage
+
+        return str(storage.input_path(s))
+    return s
+
+
+def read_heads(local: str | Path) -> tuple[dict[str, Tensor] | None, float]:
+    """θ's saved residual heads and α from ``local``/heads.safetensors ((None, 1.0) when absent)."""
+    heads_file = Path(local) / HEADS_WEIGHTS
+    if not heads_file.is_file():
+        return None, 1.0
+    state = files.load_safetensors(heads_file)
+    with files.open_safetensors(heads_file) as f:
+        alpha_text = (f.metadata() or {}).get("alpha", 1.0)
+    try:
+        return state, float(alpha_text)
+    except ValueError:
+        raise BcoderError(f"{heads_file}: metadata alpha {alpha_text!r} is not a number") from None
+
+
+def embedding_fingerprint(weight: Tensor) -> list[float]:
+    """Cheap identity check of a frozen embedding (shape-independent summary numbers)."""
+    w = weight.detach().float()
+    rows = w[: min(64, w.shape[0])]
+    return [float(w.shape[0]), float(w.shape[1]), float(rows.sum()), float(rows.abs().sum())]
+
+
+def check_fingerprint(saved: list[float] | None, weight: Tensor) -> None:
+    """φ joins only the checkpoint it was trained on (the same embedding)."""
+    if saved is None:
+        return
+    now = embedding_fingerprint(weight)
+    same = len(saved) == len(now) and saved[:2] == now[:2]
+    same = same and all(
+        math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-3) for x, y in zip(saved[2:], now[2:], strict=True)
+    )
+    if not same:
+        raise BcoderError(
+            "phi weights were trained on a different checkpoint (shared embedding fingerprint differs)"
+        )
+
+
+def linear(d_in: int, d_out: int, *, like: Tensor, bias: bool = True) -> nn.Linear:
     """An uninitialised ``nn.Linear`` on ``like``'s device and dtype (no RNG draw, no wasted init)."""
     return nn.utils.skip_init(nn.Linear, d_in, d_out, bias=bias, device=like.device, dtype=like.dtype)
 
 
-def _own_params(stack: nn.Module) -> list[nn.Parameter]:
-    """A decoder stack's parameters without its input embedding (the frozen shared one)."""
-    return [p for n, p in stack.named_parameters() if not n.startswith("embed_tokens.")]
-
-
-def load_t5(path: str, *, where: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """``T5ForConditionalGeneration.from_pretrained(path, **kwargs)``, its failures one BcoderError.
-
-    A local directory's JSON files and weight headers are parsed first, so a corrupt file is named;
-    ``where`` (default ``path``) is what the message calls the model.
-    """
-    from safetensors import SafetensorError
-    from transformers import T5ForConditionalGeneration
-
-    if Path(path).is_dir():
-        files.check_t5_dir(Path(path))
-    try:
-        with _quiet_untied_notice():
-            return T5ForConditionalGeneration.from_pretrained(path, **kwargs)
-    # What transformers raises for files that parse but do not describe a T5 of these weights
-    # (a config of another shape, a list for a config, a missing tensor).
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
-        raise BcoderError(
-            f"model {where or path}: cannot load a T5 checkpoint ({files.first_line(exc)})"
-        ) from exc
-
-
-def load_phi(path: str | Path) -> tuple[dict[str, Tensor], list[float] | None]:
-    """φ's weights and embedding fingerprint from a directory saved by ``save_pretrained(..., "phi")``."""
-    local = Path(_resolve_dir(path))
+def load_phi(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """φ's weights and its ``phi_config.json`` (``{}`` when absent) from a saved φ directory."""
+    local = Path(resolve_dir(path))
     weights, meta_file = local / PHI_WEIGHTS, local / PHI_CONFIG
     if not weights.is_file():
         raise BcoderError(f"phi {path}: no {PHI_WEIGHTS}")
@@ -666,4 +342,4 @@ def load_phi(path: str | Path) -> tuple[dict[str, Tensor], list[float] | None]:
         meta = files.read_json_object(meta_file)
         if meta.get("format") != PHI_FORMAT:
             raise BcoderError(f"phi {path}: format {meta.get('format')!r}, expected {PHI_FORMAT!r}")
-    return files.load_safetensors(weights), meta.get("shared_embedding_fingerprint")
+    return files.load_safetensors(weights), meta

@@ -1,6 +1,6 @@
 """Tokenizers: CodeT5's byte-level BPE (bundled), a tiny trainable one, or any saved tokenizer.
 
-Every tokenizer bcoder uses has the same layout of special tokens (CodeT5's):
+bcoder's own tokenizers (bundled CodeT5, tiny, trained) have CodeT5's layout of special tokens:
 
     <pad> = 0   <s> = 1 (bos)   </s> = 2 (eos)   <unk> = 3   <mask> = 4
 
@@ -15,7 +15,9 @@ a program's token sequence ends with ``</s>``. ``tokenizer(text)`` wraps a text 
 - ``load_tokenizer("tiny")``: a byte-level tokenizer with no merges (the 5 specials + 256 byte
   symbols, 261 ids); needs no training, round-trips any text. For tests.
 - ``load_tokenizer(DIR)``: ``AutoTokenizer.from_pretrained(DIR)``, local files only (a tokenizer
-  saved with a checkpoint, e.g. one made by ``train_tiny_tokenizer``).
+  saved with a checkpoint, e.g. one made by ``train_tiny_tokenizer``, or a causal LM's own such as
+  Qwen2.5-Coder's: it keeps its ids; it must have an EOS token, and a missing pad token is fine —
+  pads are masked and the causal family pads with the model's pad or EOS id).
 - ``train_tiny_tokenizer(texts, vocab_size)``: a small byte-level BPE trained with Hugging Face
   ``tokenizers`` on the given texts (deterministic: same texts and size → same vocabulary), same
   special layout. Byte-level, so tabs, newlines and any Unicode round-trip exactly.
@@ -109,9 +111,9 @@ def _codet5() -> Any:
 
 
 def _check_layout(tok: Any, where: str) -> None:
-    ids = (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    if ids != (PAD_ID, BOS_ID, EOS_ID):
-        raise BcoderError(f"tokenizer {where}: special ids (pad, bos, eos) = {ids}, expected (0, 1, 2)")
+    # Every program's labels end in EOS (the terminal step): a tokenizer without one cannot be used.
+    if tok.eos_token_id is None:
+        raise BcoderError(f"tokenizer {where}: no EOS token (every program must end in one)")
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> Any:

@@ -10,9 +10,11 @@ checkpoint gives, per program token t,
 and, with a trained φ (``--phi``), ``v_phi[t]`` = u_φ(s_t), φ's raw value output. The phi and theta
 stages then never run these frozen decoders (§2.6: a theta step costs one decoder).
 
-Tokenisation: the prompt is ``build_prompt`` encoded as ``<s> … </s>`` (≤ max_source_tokens, the
-same ids ``bcoder sample`` feeds the encoder); a program's labels are ``<s> tokens </s>``
-(``encode_program``, CodeT5/CodeRL's convention) — every program ends in EOS, the terminal step.
+Tokenisation is the model family's (``model/family.py``), the same ids ``bcoder sample`` feeds
+the model: for T5 the prompt is ``build_prompt`` encoded as ``<s> … </s>`` (≤ max_source_tokens)
+and a program's labels are ``<s> tokens </s>`` (CodeT5/CodeRL's convention); for a causal LM the
+prompt is the completion or chat prompt and the labels the program's tokens (fenced for chat) —
+every program ends in EOS, the terminal step.
 
 **Decision — programs longer than ``max_target_tokens`` (EOS included) are dropped and counted**,
 not truncated: a truncated program has no EOS, so its last kept token is not terminal, yet the
@@ -160,18 +162,17 @@ def check_samples(samples: str | Path, results: dict[tuple[str, int], float], kn
 class _Programs:
     """Streams tokenised programs (ground truth first, then samples), counting dropped ones."""
 
-    def __init__(self, problems, tokenizer, cfg: AnnotateConfig, summary: AnnotateSummary) -> None:
+    def __init__(self, problems, tokenizer, cfg: AnnotateConfig, summary: AnnotateSummary, family) -> None:
         self.problems = problems
         self.tok = tokenizer
+        self.family = family
         self.cfg = cfg
         self.summary = summary
         self.index = {p.id: k for k, p in enumerate(problems)}
         self.bar = None  # a progress bar: dropped programs count as done
 
     def _encode(self, code: str) -> np.ndarray | None:
-        from bcoder_core.model.tokenizer import encode_program
-
-        ids = encode_program(self.tok, code)
+        ids = self.family.program_ids(self.tok, code, self.cfg.prompt_format)
         if len(ids) > self.cfg.max_target_tokens:
             return None
         return np.asarray(ids, dtype=np.int32)
@@ -295,7 +296,7 @@ def annotate_batch(model, batch: list[_Item], prompt_of, pad_id: int, device, al
         adv, greedy = ckpt_columns(logits, labels, alpha)
         del logits
         out = {"ckpt_adv": adv.float().cpu().numpy(), "ckpt_greedy": greedy.cpu().numpy().astype(np.int32)}
-        if model.phi_decoder is not None:
+        if model.has_phi:
             out["v_phi"] = model.phi_values(enc, am, labels).float().cpu().numpy()
     return out
 
@@ -313,7 +314,7 @@ def annotate_items(
     progress=None,
 ) -> Iterator[Transition]:
     """Transition records of ``items`` (in the order of their sorted windows)."""
-    with_phi = model.phi_decoder is not None
+    with_phi = model.has_phi
     for batch in windows(items, cfg.batch_size, cfg.window_batches):
         with autocast_context(device, dtype):
             cols = annotate_batch(model, batch, prompt_of, pad_id, device, cfg.alpha)
@@ -337,18 +338,25 @@ def annotate_items(
 class PromptCache:
     """Prompt token ids per problem index (computed on first use, kept as int32 arrays)."""
 
-    def __init__(self, problems, tokenizer, max_source_tokens: int) -> None:
+    def __init__(
+        self, problems, tokenizer, max_source_tokens: int, family=None, prompt_format: str = "completion"
+    ) -> None:
+        from bcoder_core.model.family import get_family
+
         self.problems = problems
         self.tok = tokenizer
         self.max_source_tokens = max_source_tokens
+        self.family = family or get_family("t5")
+        self.prompt_format = prompt_format
         self._cache: dict[int, np.ndarray] = {}
 
     def __call__(self, k: int) -> np.ndarray:
         p = self._cache.get(k)
         if p is None:
-            from bcoder_core.rl.sampling import encode_prompt
-
-            p = np.asarray(encode_prompt(self.problems[k], self.tok, self.max_source_tokens), dtype=np.int32)
+            ids = self.family.prompt_ids(
+                self.problems[k], self.tok, self.max_source_tokens, self.prompt_format
+            )
+            p = np.asarray(ids, dtype=np.int32)
             self._cache[k] = p
         return p
 
@@ -373,6 +381,7 @@ def run_annotate(
     part is an empty store, so that the N parts are still complete.
     """
     from bcoder_core import storage
+    from bcoder_core.model.family import get_family
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.problems import read_problems
     from bcoder_core.rl.sampling import load_tokenizer_for, pick_device, progress_bar, resolve_model_dir
@@ -407,9 +416,10 @@ def run_annotate(
     if len(tok) > m.vocab_size:
         raise BcoderError(f"tokenizer has {len(tok)} tokens but the model {model} only {m.vocab_size}")
 
+    family = get_family(m.family)
     summary = AnnotateSummary(out=out, has_v_phi=phi is not None)
-    programs = _Programs(probs, tok, cfg, summary)
-    prompt_of = PromptCache(probs, tok, cfg.max_source_tokens)
+    programs = _Programs(probs, tok, cfg, summary, family)
+    prompt_of = PromptCache(probs, tok, cfg.max_source_tokens, family, cfg.prompt_format)
 
     def items() -> Iterator[_Item]:
         if cfg.ground_truth:
@@ -441,6 +451,8 @@ def run_annotate(
                 "samples": samples,
                 "results": results,
                 "tokenizer_size": len(tok),
+                "family": m.family,
+                "prompt_format": cfg.prompt_format,
                 "pad_id": pad,
                 "eos_id": tok.eos_token_id,
                 "max_source_tokens": cfg.max_source_tokens,

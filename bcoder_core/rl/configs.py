@@ -30,6 +30,10 @@ class ModelPassConfig:
     """cuda, cpu, cuda:1 ...; None: CUDA when available."""
     dtype: Literal["auto", "fp32", "bf16"] = "fp32"
     """fp32, bf16 (autocast; GPU), or auto (bf16 on GPU, fp32 on CPU)."""
+    prompt_format: Literal["completion", "chat"] = "completion"
+    """How a causal LM sees a problem: a completion prompt, or the tokenizer's chat template with
+    the generation prompt (the program is then a fenced block). T5 takes completion only. Every
+    stage of one run (sft, sample, annotate, rank) must use the same format."""
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "max_source_tokens"):
@@ -42,7 +46,7 @@ class SamplingConfig(ModelPassConfig):
     """`bcoder sample`: m programs per problem from π_θ = softmax(ℓ_θ/T) with top-p (DESIGN §2.8)."""
 
     CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags(
-        "num_samples temperature top_p max_new_tokens max_source_tokens batch_size seed tokenizer device dtype"
+        "num_samples temperature top_p max_new_tokens max_source_tokens batch_size seed tokenizer device dtype prompt_format"
     )
     """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
 
@@ -74,7 +78,7 @@ class AnnotateConfig(ModelPassConfig):
     """`bcoder annotate`: the teacher-forced pass that writes the frozen models' columns (DESIGN §2.6)."""
 
     CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags(
-        "batch_size max_source_tokens max_target_tokens shard_size alpha tokenizer device dtype"
+        "batch_size max_source_tokens max_target_tokens shard_size alpha tokenizer device dtype prompt_format"
     )
     """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
 
@@ -102,7 +106,7 @@ class RankConfig(ModelPassConfig):
     """`bcoder rank`: every sample scored with the learned reward R̃ = Σ_t r̃_θ (DESIGN §2.8)."""
 
     CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags(
-        "batch_size gamma alpha max_source_tokens max_target_tokens tokenizer device dtype"
+        "batch_size gamma alpha max_source_tokens max_target_tokens tokenizer device dtype prompt_format"
     )
     """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
 

@@ -324,7 +324,7 @@ def learned_rewards(
     logits, u_r = m.theta_outputs(enc, attention_mask, labels)
     if "v_phi" in batch:
         u_phi = batch["v_phi"]
-    elif m.phi_decoder is not None:
+    elif m.has_phi:
         u_phi = m.phi_values(enc, attention_mask, labels)
     else:
         raise BcoderError("learned rewards need V_phi: a v_phi column or a model loaded with phi_path")

@@ -7,8 +7,8 @@ computed after generation by ONE batched teacher-forced pass of θ and φ (model
 every field it had and gains ``score``; the order of the samples file is kept. Samples of any
 model can be ranked (paper Table 3): only their ``code`` is read.
 
-A program is tokenised as the training targets are (``<s> tokens </s>``, ``encode_program``), so
-every program ends in EOS — the episode W ∘ EOS, also for a sample cut off by the sampler's
+A program is tokenised as the training targets are (the model family's ``program_ids``: ``<s>
+tokens </s>`` for T5, the tokens then EOS for a causal LM), so every program ends in EOS — the episode W ∘ EOS, also for a sample cut off by the sampler's
 ``max_new_tokens`` (its code is what was executed).
 
 **Decision — programs longer than ``max_target_tokens`` (default 1024, twice the sampling limit,
@@ -101,12 +101,13 @@ def score_samples(
     progress=None,
 ) -> Iterator[dict]:
     """Yield each sample (a new dict: its fields + ``score``), in input order."""
-    from bcoder_core.model.tokenizer import encode_program
+    from bcoder_core.model.family import get_family
     from bcoder_core.rl.annotate import PromptCache, autocast_context
 
+    family = get_family(model.family)
     summary = summary if summary is not None else RankSummary()
     index = {p.id: k for k, p in enumerate(problems)}
-    prompt_of = PromptCache(problems, tokenizer, cfg.max_source_tokens)
+    prompt_of = PromptCache(problems, tokenizer, cfg.max_source_tokens, family, cfg.prompt_format)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     seen_problems: set[int] = set()
     window_size = cfg.batch_size * cfg.window_batches
@@ -120,7 +121,7 @@ def score_samples(
             code = rec.get("code")
             if not isinstance(code, str):
                 raise BcoderError(f"sample {pid}/{rec.get('sample_id')}: no code")
-            ids = encode_program(tokenizer, code)
+            ids = family.program_ids(tokenizer, code, cfg.prompt_format)
             truncated = len(ids) > cfg.max_target_tokens
             if truncated:
                 ids = ids[: cfg.max_target_tokens]
@@ -212,7 +213,7 @@ def run_rank(
     m = BCoderModel.from_pretrained(
         model_dir, stage="eval", phi_path=resolve_model_dir(phi), device=dev
     ).eval()
-    if m.phi_decoder is None:  # pragma: no cover - from_pretrained loads φ whenever phi_path is given
+    if not m.has_phi:  # pragma: no cover - from_pretrained loads φ whenever phi_path is given
         raise BcoderError(f"rank: {phi} holds no phi")
     if cfg.alpha is None:
         cfg = replace(cfg, alpha=m.alpha)

@@ -1,7 +1,9 @@
 """Batched top-p sampling of m programs per problem from π_θ = softmax(ℓ_θ / T) (DESIGN §2.8).
 
-θ is loaded as a plain Hugging Face ``T5ForConditionalGeneration`` (that is how ``train theta``
-and ``train sft`` save it): V is not needed to sample.
+θ is loaded as a plain Hugging Face model of its family (``T5ForConditionalGeneration``, or an
+``AutoModelForCausalLM``; that is how ``train theta`` and ``train sft`` save it, a LoRA θ merged):
+V is not needed to sample. The family (``model/family.py``) supplies the prompt ids, the decoding
+loop and the program's text (cut from a chat completion's code fence, ``model/completions.py``).
 
 Determinism. Every sample (problem p, sample j) owns a stream of uniforms drawn from a generator
 seeded with a hash of ``(seed, p, j)``; the token at step t is the inverse-CDF pick of the top-p
@@ -9,9 +11,9 @@ distribution at the uniform ``u[t]``. So a sample depends on the seed, the probl
 only — not on the batch it lands in, the batch size, or how the problems are sharded over pods
 (up to floating-point differences between batch shapes, which do not occur on CPU in practice).
 
-The loop: prompts of a batch are encoded once per problem (not once per sample), the decoder runs
-with a KV cache, and rows that emitted EOS leave the batch, so long programs do not make the
-finished ones pay for their steps.
+The loop: prompts of a batch are encoded (T5) or prefilled (causal) once per problem, not once per
+sample, decoding runs with a KV cache, and rows that emitted EOS leave the batch, so long programs
+do not make the finished ones pay for their steps.
 """
 
 from __future__ import annotations
@@ -63,13 +65,13 @@ def load_tokenizer_for(model_dir: str, tokenizer: str | None = None):
     return load_tokenizer("codet5")
 
 
-def encode_prompt(problem, tokenizer, max_source_tokens: int) -> list[int]:
-    """Prompt token ids as the encoder sees them (DESIGN §3.2; truncated by the prompt builder)."""
-    from bcoder_core.prompts import build_prompt
+def encode_prompt(
+    problem, tokenizer, max_source_tokens: int, family: str = "t5", prompt_format: str = "completion"
+) -> list[int]:
+    """Prompt token ids as ``family``'s model sees them (DESIGN §3.2; truncated by the prompt builder)."""
+    from bcoder_core.model.family import get_family
 
-    text = build_prompt(problem, tokenizer, max_source_tokens)
-    ids = tokenizer(text, truncation=True, max_length=max_source_tokens)["input_ids"]
-    return list(ids)
+    return get_family(family).prompt_ids(problem, tokenizer, max_source_tokens, prompt_format)
 
 
 def pick_device(device: str | None = None):
@@ -160,6 +162,23 @@ def pick_tokens(logits, u, temperature: float, top_p: float):
     return top_i.gather(1, pos.unsqueeze(1)).squeeze(1)
 
 
+def collect_steps(
+    steps: Sequence[tuple[Any, Any]], rows: int, eos_ids: set[int]
+) -> list[tuple[list[int], bool]]:
+    """Per row, the tokens of (alive rows, tokens) steps up to its first EOS, and whether it ended."""
+    out: list[list[int]] = [[] for _ in range(rows)]
+    ended = [False] * rows
+    for alive, toks in steps:
+        for r, tok in zip(alive.tolist(), toks.tolist(), strict=True):
+            if ended[r]:
+                continue
+            if tok in eos_ids:
+                ended[r] = True
+            else:
+                out[r].append(tok)
+    return list(zip(out, ended, strict=True))
+
+
 def _inverse_cdf(cum, p, u):
     """Per row, the first position whose cumulative mass exceeds u·total (never a zero-mass one)."""
     import torch
@@ -169,86 +188,6 @@ def _inverse_cdf(cum, p, u):
     # u·total can round up to the total: step back to the last position with mass
     last = (p > 0).cumsum(dim=-1).argmax(dim=-1)
     return torch.minimum(pos, last)
-
-
-def generate(
-    model,
-    input_ids,
-    attention_mask,
-    uniforms,
-    *,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    eos_id: int,
-    rows_of_prompt=None,
-) -> list[tuple[list[int], bool]]:
-    """Decode one program per row: returns (token ids without EOS, ended with EOS) per row.
-
-    ``input_ids``/``attention_mask`` are the distinct prompts [P,S]; ``rows_of_prompt`` [B] maps
-    each row to its prompt (None: one row per prompt). ``uniforms`` [B, ≥max_new_tokens].
-    """
-    import torch
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    device = next(model.parameters()).device
-    input_ids = input_ids.to(device)
-    attention_mask = attention_mask.to(device)
-    with torch.inference_mode():
-        enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if rows_of_prompt is not None:
-            rows_of_prompt = torch.as_tensor(rows_of_prompt, device=device)
-            enc = enc.index_select(0, rows_of_prompt)
-            mask = attention_mask.index_select(0, rows_of_prompt)
-        else:
-            mask = attention_mask
-        bsz = enc.shape[0]
-        start = model.config.decoder_start_token_id
-        if start is None:
-            start = model.config.pad_token_id
-        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
-        alive = torch.arange(bsz, device=device)  # original row of each live row
-        tokens = torch.full((bsz, 1), start, dtype=torch.long, device=device)
-        out: list[list[int]] = [[] for _ in range(bsz)]
-        ended = [False] * bsz
-        u = uniforms.to(device)
-        steps: list[tuple] = []  # (alive rows, tokens) per step, gathered at the end (one sync)
-        for t in range(max_new_tokens):
-            logits = model(
-                encoder_outputs=(enc,),
-                attention_mask=mask,
-                decoder_input_ids=tokens,
-                cache=cache,
-                use_cache=True,
-            ).logits[:, -1, :]
-            nxt = pick_tokens(logits, u[alive, t], temperature, top_p)
-            steps.append((alive, nxt))
-            done = nxt == eos_id
-            if t + 1 == max_new_tokens:
-                break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
-                cache.batch_select_indices(keep)
-                enc, mask, alive, nxt = enc[keep], mask[keep], alive[keep], nxt[keep]
-            tokens = nxt.unsqueeze(1)
-    for rows, toks in steps:
-        for r, tok in zip(rows.tolist(), toks.tolist(), strict=True):
-            if ended[r]:
-                continue
-            if tok == eos_id:
-                ended[r] = True
-            else:
-                out[r].append(tok)
-    return list(zip(out, ended, strict=True))
-
-
-def decode_program(tokenizer, ids: Sequence[int]) -> str:
-    """Token ids (no EOS) → code, keeping every tab, space and newline (special tokens dropped)."""
-    from bcoder_core.model.tokenizer import decode_program as _decode
-
-    return _decode(tokenizer, ids)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,10 +207,14 @@ def sample_problems(
     """Sample ``cfg.num_samples`` programs for each problem; yields sample records in order."""
     import torch
 
-    prompts = [encode_prompt(p, tokenizer, cfg.max_source_tokens) for p in problems]
+    from bcoder_core.model.family import family_for_config
+
+    family = family_for_config(model.config)
+    fmt = cfg.prompt_format
+    prompts = [family.prompt_ids(p, tokenizer, cfg.max_source_tokens, fmt) for p in problems]
     rows = [(k, j) for k in range(len(problems)) for j in range(cfg.num_samples)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos = tokenizer.eos_token_id
+    eos = family.eos_ids(tokenizer, model)
     bar = progress_bar(len(rows), "sample", progress)
     try:
         for b0 in range(0, len(rows), cfg.batch_size):
@@ -286,7 +229,7 @@ def sample_problems(
                 am[n, : len(prompts[k])] = 1
             keys = [(problems[k].id, j) for k, j in chunk]
             u = sample_uniforms(cfg.seed, keys, cfg.max_new_tokens)
-            decoded = generate(
+            decoded = family.generate(
                 model,
                 ids,
                 am,
@@ -294,14 +237,14 @@ def sample_problems(
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 max_new_tokens=cfg.max_new_tokens,
-                eos_id=eos,
+                eos_ids=eos,
                 rows_of_prompt=[slot[k] for k, _ in chunk],
             )
             for (k, j), (toks, finished) in zip(chunk, decoded, strict=True):
                 yield {
                     "problem_id": problems[k].id,
                     "sample_id": j,
-                    "code": decode_program(tokenizer, toks),
+                    "code": family.program_text(tokenizer, toks, fmt),
                     "model": model_name,
                     "temperature": cfg.temperature,
                     "top_p": cfg.top_p,
@@ -317,12 +260,11 @@ def sample_problems(
 
 
 def load_theta(model_dir: str, device=None, dtype: str = "auto"):
-    """θ (or any seq2seq checkpoint) as a plain ``T5ForConditionalGeneration`` in eval mode."""
-    from bcoder_core.model.qmodel import _quiet_untied_notice, load_t5
+    """θ (or any checkpoint) as its family's plain Hugging Face model, in eval mode."""
+    from bcoder_core.model.family import family_for_checkpoint
 
     dev = pick_device(device)
-    with _quiet_untied_notice():  # θ's head is untied on purpose
-        model = load_t5(model_dir, dtype=_dtype(dtype, dev))
+    model = family_for_checkpoint(model_dir).load_lm(model_dir, dtype=_dtype(dtype, dev))
     return model.to(dev).eval()
 
 

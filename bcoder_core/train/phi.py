@@ -47,7 +47,13 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
             # ---- model: frozen encoder + φ decoder and zero-initialised value head (a resumed run
             # loads φ from its checkpoint)
             phi_path = str(resume_dir / "model") if resume_dir else None
-            model = BCoderModel.from_pretrained(init_dir, stage=STAGE, phi_path=phi_path, dropout=cfg.dropout)
+            model = BCoderModel.from_pretrained(
+                init_dir,
+                stage=STAGE,
+                phi_path=phi_path,
+                dropout=cfg.dropout,
+                **setup.model_options(cfg, info),
+            )
 
             # ---- loss, optimiser, schedule
             loss_fn = functools.partial(phi_loss, gamma=cfg.gamma)

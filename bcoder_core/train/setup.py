@@ -36,8 +36,8 @@ def validate_common(cfg: TrainConfig) -> None:
             raise BcoderError(f"config: {key} must be >= {low}, got {value}")
     if not cfg.output:
         raise BcoderError("config: output must name a directory or s3:// prefix")
-    if not cfg.model.init and not cfg.model.t5_config:
-        raise BcoderError("config: set model.init (a checkpoint) or model.t5_config (random init)")
+    if not cfg.model.init and not cfg.model.shape:
+        raise BcoderError("config: set model.init (a checkpoint) or model.shape (random init)")
     if cfg.optim.lr <= 0:
         raise BcoderError(f"config: optim.lr must be > 0, got {cfg.optim.lr}")
     checkpoint.check_output(cfg.output)  # writable and the run's own, before anything is trained
@@ -107,7 +107,7 @@ def resolve_init(cfg: TrainConfig, seed: int, scratch: str, **shape_overrides: A
 
     ``model.init`` is a local directory, an artifact URI (fetched and verified), or a Hugging Face
     id (anything that is neither; transformers resolves it). Without ``init``, a T5 of the shape
-    ``model.t5_config`` (a JSON file or a name in configs/models/, with ``shape_overrides`` such as
+    ``model.shape`` (a JSON file or a name in configs/models/, with ``shape_overrides`` such as
     ``vocab_size``) gets random weights seeded by ``seed`` and is saved under ``scratch``, so every
     stage loads its model the same way (and every rank builds the same weights).
     """
@@ -120,8 +120,26 @@ def resolve_init(cfg: TrainConfig, seed: int, scratch: str, **shape_overrides: A
         return init
     from bcoder_core.model.build import model_config, save_random_checkpoint
 
-    shape = model_config(cfg.model.t5_config, **shape_overrides)
+    shape = model_config(cfg.model.shape, **shape_overrides)
     return str(save_random_checkpoint(shape, Path(scratch) / "random-init", seed=seed))
+
+
+def model_options(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    """``BCoderModel.from_pretrained`` options of a phi/theta run: LoRA settings, the base's URI, seed.
+
+    The base's URI (``model.init`` as written) is what a LoRA θ records as its base, so rank and a
+    resumed run on another machine fetch the same checkpoint. With LoRA under bf16 on a GPU the
+    frozen base is loaded in bf16 (half the memory of fp32; it gets no gradient and no optimiser
+    state, so nothing needs fp32 master weights); adapters and value heads stay in fp32.
+    """
+    opts: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.model.lora.enable:
+        # a resumed LoRA θ reads its base from its adapter directory; φ's base is always model.init
+        opts["lora"] = cfg.model.lora
+        opts["where"] = cfg.model.init
+        if use_bf16(cfg, info):
+            opts["dtype"] = torch.bfloat16
+    return opts
 
 
 def resolve_tokenizer_spec(cfg: TrainConfig, init_dir: str) -> str:

@@ -1,4 +1,4 @@
-"""SFT stage: supervised fine-tuning of a whole T5 on (prompt, reference program) pairs.
+"""SFT stage: supervised fine-tuning of a whole model (T5 or causal LM) on (prompt, reference program) pairs.
 
 This makes the stand-in checkpoint θ_ckpt where no public one exists (the built-in benchmark): the
 prompt is DESIGN §3.2's CodeRL prompt, the target the reference solution re-indented with tabs,
@@ -43,17 +43,18 @@ class Pair:
     program_ids: list[int]
 
 
-def build_pairs(problems: list, tokenizer: Any, cfg: SFTConfig) -> tuple[list[Pair], int]:
+def build_pairs(problems: list, tokenizer: Any, cfg: SFTConfig, family: str = "t5") -> tuple[list[Pair], int]:
     """Tokenised (prompt, tab re-indented solution + EOS) pairs; returns (pairs, dropped too long).
 
     A program longer than ``max_target_tokens`` is dropped rather than cut (a cut program ending in
     EOS would teach the model to stop mid-program).
     """
     # The same encodings as `sample` and `annotate` use, so the checkpoint sees what it was trained on.
-    from bcoder_core.model.tokenizer import encode_program
+    from bcoder_core.model.family import get_family
     from bcoder_core.prompts import reindent_with_tabs
-    from bcoder_core.rl.sampling import encode_prompt
 
+    fam = get_family(family)
+    fmt = cfg.prompt_format
     pairs: list[Pair] = []
     dropped = 0
     for problem in problems:
@@ -62,9 +63,9 @@ def build_pairs(problems: list, tokenizer: Any, cfg: SFTConfig) -> tuple[list[Pa
             solutions = solutions[: cfg.max_solutions_per_problem]
         if not solutions:
             continue
-        prompt_ids = encode_prompt(problem, tokenizer, cfg.max_source_tokens)
+        prompt_ids = fam.prompt_ids(problem, tokenizer, cfg.max_source_tokens, fmt)
         for code in solutions:
-            program = encode_program(tokenizer, reindent_with_tabs(code))
+            program = fam.program_ids(tokenizer, reindent_with_tabs(code), fmt)
             if len(program) > cfg.max_target_tokens:
                 dropped += 1
                 continue
@@ -106,6 +107,7 @@ def _train_tokenizer(problems: list, vocab_size: int, cfg: SFTConfig) -> Any:
 def train_sft(cfg: SFTConfig) -> TrainResult:
     """Fine-tune the whole T5 as ``cfg`` says (resuming from ``<output>/latest``); returns the URI of
     the exported stand-in checkpoint and the loss curve."""
+    from bcoder_core.model.family import family_for_checkpoint
     from bcoder_core.model.qmodel import BCoderModel
     from bcoder_core.model.tokenizer import load_tokenizer
     from bcoder_core.problems import read_problems
@@ -137,8 +139,9 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
             if tokenizer is None:
                 tokenizer = load_tokenizer(setup.resolve_tokenizer_spec(cfg, init_dir))
 
+        family = family_for_checkpoint(init_dir).name
         with setup.join_ranks(STAGE, cfg) as info:
-            pairs, dropped = build_pairs(problems, tokenizer, cfg)
+            pairs, dropped = build_pairs(problems, tokenizer, cfg, family)
             global_batch = global_batch_size(cfg, info)
             sampler = EpochSampler(len(pairs), global_batch, cfg.seed, info.rank, info.world_size)
             log.info(
@@ -152,7 +155,7 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
                 micro = split_micro(indices, cfg.grad_accum)
                 return [collate_pairs([pairs[i] for i in part], pad_id) for part in micro]
 
-            # ---- model: the whole T5, trainable
+            # ---- model: the whole language model, trainable
             model = BCoderModel.from_pretrained(init_dir, stage=STAGE, dropout=cfg.dropout)
             if len(tokenizer) > _vocab_size(model):
                 raise BcoderError(
@@ -172,7 +175,7 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
                     done = train_step(parts, loader, step)  # micro-batches, DDP all-reduce, clip, AdamW
                     progress.after_step(step + 1, done)  # the step log, a checkpoint when due
 
-            # ---- export: a plain HF T5 directory with its tokenizer (the stand-in checkpoint)
+            # ---- export: a plain HF model directory with its tokenizer (the stand-in checkpoint)
             return progress.export(write_model)
 
 

@@ -62,7 +62,9 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
             sampler = mixed_sampler(store, cfg, info, STAGE)
 
             # ---- model: frozen encoder + θ decoder, LM head and residual value heads h1 − h2
-            model = BCoderModel.from_pretrained(init_dir, stage=STAGE, dropout=cfg.dropout)
+            model = BCoderModel.from_pretrained(
+                init_dir, stage=STAGE, dropout=cfg.dropout, **setup.model_options(cfg, info)
+            )
             # The tokenizer travels with θ (sample and rank read it from the model directory).
             tokenizer = load_tokenizer(
                 init_dir if resume_dir else setup.resolve_tokenizer_spec(cfg, init_dir)

@@ -252,13 +252,13 @@ def test_trainer_image_runs_the_phi_jobs_command_line(tmp_path: Path) -> None:
     """The trainer image runs `torchrun ... -m jobs.cli train phi` exactly as k8s/phi-job.yaml
     starts it (2 CPU processes instead of 4 GPUs), on a tiny model and transition store."""
     need_image(TRAINER)
-    from helpers.training import common, make_store, write_t5_config
+    from helpers.training import common, make_store, write_shape
 
     data = shared_dir(tmp_path / "data")
-    write_t5_config(data / "t5.json")
+    write_shape(data / "t5.json")
     make_store(data / "transitions", v_phi=False)
     config = common(Path("/data/unused"), Path("/data/t5.json"), max_steps=4, save_every=2, batch_size=4)
-    config["model"]["t5_config"] = "/data/t5.json"
+    config["model"]["shape"] = "/data/t5.json"
     (data / "phi.yaml").write_text(yaml.safe_dump(config))
     shared_dir(data / "out")
     for path in data.rglob("*"):  # staged writes are private (0700/0600): open them to uid 10001
@@ -270,7 +270,7 @@ def test_trainer_image_runs_the_phi_jobs_command_line(tmp_path: Path) -> None:
     args[args.index("--config") + 1] = "/data/phi.yaml"
     env = {"BCODER_RUN_URI": "/data/out/run", "BCODER_TRANSITIONS_URI": "/data/transitions"}
     args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in args]
-    args = [a for a in args if not a.startswith("model.init=")]  # random init from t5_config here
+    args = [a for a in args if not a.startswith("model.init=")]  # random init from shape here
     out = subprocess.run(
         # --hostname localhost: torchrun's rendezvous store listens on the host name, which
         # resolves to the pod IP in a cluster but to nothing in a container with no network.

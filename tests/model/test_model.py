@@ -17,8 +17,8 @@ from bcoder_core.model.qmodel import (
     PHI_HEAD_INIT_BIAS,
     PHI_WEIGHTS,
     BCoderModel,
-    shift_right,
 )
+from bcoder_core.model.t5 import T5QModel, shift_right
 from bcoder_core.rl.bounds import R_MAX, bound
 
 
@@ -274,7 +274,7 @@ def test_codet5_large_shape_on_meta():
     assert tied == 737_639_424  # T5-large with a 32,100 vocabulary ("770M" counts the head twice)
     assert untied == 770_509_824 == tied + 32100 * 1024
     with torch.device("meta"):
-        model = BCoderModel(T5ForConditionalGeneration(cfg), "theta")
+        model = T5QModel(T5ForConditionalGeneration(cfg), "theta")
     assert sum(p.numel() for p in model.parameters()) == untied + 2 * (1024 + 1)  # + h1, h2
     decoder_own = sum(p.numel() for n, p in model.theta_decoder.named_parameters() if "embed_tokens" not in n)
     trainable = sum(p.numel() for p in model.trainable_parameters())
@@ -325,7 +325,7 @@ def test_corrupt_model_file_is_an_error_naming_it(saved_dir, tmp_path, name, how
 def test_model_files_that_parse_but_are_not_objects_are_named(saved_dir, tmp_path):
     import shutil
 
-    from bcoder_core.model.qmodel import load_t5
+    from bcoder_core.model.t5 import load_t5
 
     bad = shutil.copytree(saved_dir, tmp_path / "bad")
     (bad / PHI_CONFIG).write_text("[1, 2]")

@@ -1,4 +1,7 @@
-"""The annotation pass (DESIGN §2.6): columns equal what the frozen models compute on the fly."""
+"""The annotation pass (DESIGN §2.6): columns equal what the frozen models compute on the fly.
+
+For T5 and for the causal family (a tiny Llama; φ with full fine-tuning and as a LoRA adapter).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers.models import save_tiny_checkpoint
+from helpers.models import LORA, causal_config, save_tiny_checkpoint
 from helpers.numeric import assert_close_f32
 from helpers.rl import make_problems, one_thread
 
@@ -245,3 +248,96 @@ def test_a_sharded_store_with_a_missing_part_is_refused_in_one_line(tmp_path, wo
     ) as err:
         open_store(tmp_path / "parts")
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The causal family: the same columns, through run_annotate, against plain Hugging Face models
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory, tok):
+    """A random Llama checkpoint (with the tiny tokenizer) and two trained-looking φ of it: full
+    fine-tuning and a LoRA adapter, each saved and kept in memory (the reference)."""
+    from bcoder_core.model.build import save_random_checkpoint
+
+    root = tmp_path_factory.mktemp("annotate-causal")
+    ckpt = save_random_checkpoint(causal_config("llama", vocab_size=len(tok)), root / "ckpt", tokenizer=tok)
+    phis = {}
+    for kind, lora in (("full", None), ("lora", LORA)):
+        phi = BCoderModel.from_pretrained(ckpt, stage="phi", lora=lora)
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():  # away from the zero head and from the checkpoint's network (LoRA: B = 0)
+            phi.phi_head.weight.copy_(torch.randn(phi.phi_head.weight.shape, generator=g))
+            phi.phi_head.bias.fill_(0.3)
+            for p in phi.trainable_parameters():
+                if p is not phi.phi_head.weight and p is not phi.phi_head.bias:
+                    p.add_((0.05 if lora is None else 0.2) * torch.randn(p.shape, generator=g))
+        phi.save_pretrained(root / f"phi-{kind}", "phi")
+        phis[kind] = phi.eval()
+    return {"root": root, "ckpt": ckpt, "phi": phis}
+
+
+def _phi_network(phi):
+    """φ's network as a plain Hugging Face model (LoRA: the adapter merged into a copy of the base)."""
+    if phi.phi_net is not None:
+        return phi.phi_net
+    from transformers import AutoModelForCausalLM
+
+    from bcoder_core.model import lora as lora_lib
+
+    lm = AutoModelForCausalLM.from_config(phi.config)
+    lm.load_state_dict(lora_lib.merged_state_dict(phi.lm, "phi"), strict=False)
+    return lm.model.eval()
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_causal_columns_equal_the_frozen_models_on_the_fly(tmp_path, world, causal, tok, kind):
+    """ckpt_adv / ckpt_greedy from the plain checkpoint and v_phi from φ's plain network, one program
+    at a time on ``prompt ; program[:-1]`` (no padding): the batched, left-aligned pass of
+    run_annotate (distinct prompt lengths, padded programs) must give the same columns."""
+    from transformers import AutoModelForCausalLM
+
+    from bcoder_core.model.causal import FAMILY
+
+    summary = _run(
+        world, tmp_path / "store", model=str(causal["ckpt"]), phi=str(causal["root"] / f"phi-{kind}")
+    )
+    store = TransitionStore(tmp_path / "store")
+    assert summary.has_v_phi and store.has_v_phi
+    assert store.metadata["family"] == "causal" and store.metadata["prompt_format"] == "completion"
+    n_gt = sum(len(p.solutions) for p in world["problems"])
+    assert (summary.gt, summary.generated) == (n_gt, len(world["samples"])) and len(store) == summary.programs
+
+    lm = AutoModelForCausalLM.from_pretrained(str(causal["ckpt"])).eval()
+    phi = causal["phi"][kind]
+    net = _phi_network(phi)
+    problems = {p.id: p for p in world["problems"]}
+    codes = {(s["problem_id"], s["sample_id"]): s["code"] for s in world["samples"]}
+    lengths = set()
+    for rec in store:
+        p = problems[rec.problem_id]
+        code = (
+            reindent_with_tabs(p.solutions[rec.sample_id])
+            if rec.is_gt
+            else codes[(rec.problem_id, rec.sample_id)]
+        )
+        # the causal family's ids: the prompt with BOS and no EOS; the program without BOS, then EOS
+        prompt = FAMILY.prompt_ids(p, tok, 600, "completion")
+        assert rec.prompt_ids.tolist() == prompt and prompt[0] == tok.bos_token_id
+        assert tok.eos_token_id not in prompt
+        ids = [*tok(code, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        assert rec.program_ids.tolist() == ids and tok.bos_token_id not in ids
+        lengths.add(len(prompt))
+
+        seq = torch.tensor([prompt + ids[:-1]])
+        s, t = len(prompt), len(ids)
+        with torch.no_grad():
+            logits = lm(input_ids=seq).logits[0, s - 1 :]
+            h = net(input_ids=seq).last_hidden_state[0, s - 1 :]
+            v = (h @ phi.phi_head.weight[0] + phi.phi_head.bias[0]).tolist()
+        assert logits.shape[0] == t
+        assert_close_f32(rec.ckpt_adv, [float(logits[i, a] - logits[i].max()) for i, a in enumerate(ids)])
+        assert rec.ckpt_greedy.tolist() == logits.argmax(-1).tolist()
+        assert_close_f32(rec.v_phi, v)
+    assert len(lengths) > 1  # prompts of several lengths were batched together (left alignment)
+    assert np.abs(np.concatenate([r.v_phi for r in store])).max() > 0.1  # not the zero head

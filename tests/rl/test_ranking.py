@@ -1,4 +1,8 @@
-"""Learned-reward ranking (DESIGN §2.8): R̃(W) = Σ_t r̃_θ(s_t, a_t) for samples of any model."""
+"""Learned-reward ranking (DESIGN §2.8): R̃(W) = Σ_t r̃_θ(s_t, a_t) for samples of any model.
+
+For T5 and for the causal family (a tiny Llama: θ and φ with full fine-tuning, and both as LoRA
+adapters of one base).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers.models import save_tiny_checkpoint
+from helpers.models import LORA, causal_config, save_tiny_checkpoint
 from helpers.numeric import f32_tolerance
 from helpers.paths import REPO
 from helpers.rl import make_problems, one_thread, tiny_t5
@@ -192,3 +196,91 @@ def test_rank_in_shards_scores_each_sample_once(tmp_path, world):
     assert parts.keys() == whole.keys()
     for key, score in whole.items():
         assert parts[key] == pytest.approx(score, rel=1e-6, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The causal family: scores of the saved θ, φ equal program_scores of the trained models in memory
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory, tok):
+    """A random Llama checkpoint and, per kind, a trained-looking θ and φ of it (full fine-tuning, or
+    LoRA adapters of the checkpoint), each saved and kept in memory (the reference)."""
+    from bcoder_core.model.build import save_random_checkpoint
+
+    root = tmp_path_factory.mktemp("rank-causal")
+    ckpt = save_random_checkpoint(causal_config("llama", vocab_size=len(tok)), root / "ckpt", tokenizer=tok)
+    models = {}
+    for kind, lora in (("full", None), ("lora", LORA)):
+        g = torch.Generator().manual_seed(13)
+        noise = 0.05 if lora is None else 0.2  # LoRA: B starts at 0, θ = φ's network = the checkpoint
+        theta = BCoderModel.from_pretrained(ckpt, stage="theta", lora=lora)
+        phi = BCoderModel.from_pretrained(ckpt, stage="phi", lora=lora)
+        with torch.no_grad():
+            for p in [*theta.trainable_parameters(), *phi.trainable_parameters()]:
+                p.add_(noise * torch.randn(p.shape, generator=g))
+            theta.h1.weight.add_(torch.randn(theta.h1.weight.shape, generator=g))  # V^r ≠ 0
+            phi.phi_head.weight.copy_(torch.randn(phi.phi_head.weight.shape, generator=g))
+            phi.phi_head.bias.fill_(-0.2)
+        theta.alpha = 0.7  # saved with the heads; rank scores with it
+        theta.save_pretrained(root / f"theta-{kind}", "theta", tokenizer=tok)
+        phi.save_pretrained(root / f"phi-{kind}", "phi")
+        models[kind] = (theta.eval(), phi.eval())
+    return {"root": root, "ckpt": ckpt, "models": models}
+
+
+class _Trained:
+    """θ and φ as trained (two models in memory), seen by ``program_scores`` as one eval model."""
+
+    has_phi = True
+
+    def __init__(self, theta, phi) -> None:
+        self.theta, self.phi = theta, phi
+
+    def encode(self, input_ids, attention_mask):
+        return self.theta.encode(input_ids, attention_mask)
+
+    def theta_outputs(self, ctx, attention_mask, labels):
+        return self.theta.theta_outputs(ctx, attention_mask, labels)
+
+    def phi_values(self, ctx, attention_mask, labels):
+        return self.phi.phi_values(ctx, attention_mask, labels)
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_causal_scores_equal_program_scores_on_the_fly(tmp_path, world, causal, tok, kind):
+    from bcoder_core.model.causal import FAMILY
+    from bcoder_core.rl.losses import program_scores
+
+    theta_dir, phi_dir = causal["root"] / f"theta-{kind}", causal["root"] / f"phi-{kind}"
+    if kind == "lora":  # a LoRA θ is the merged model + its adapter, naming the checkpoint as its base
+        meta = json.loads((theta_dir / "adapter" / "adapter_config.json").read_text())
+        assert meta["base_model_name_or_path"] == str(causal["ckpt"].resolve())
+    r = world["root"]
+    summary = run_rank(
+        model=str(theta_dir), phi=str(phi_dir), problems=str(r / "problems.jsonl"),
+        samples=str(r / "samples.jsonl"), out=str(tmp_path / "ranked.jsonl"),
+        cfg=RankConfig(batch_size=4, window_batches=2, gamma=GAMMA), progress=False,
+    )  # fmt: skip
+    ranked = list(read_jsonl(tmp_path / "ranked.jsonl"))
+    assert summary.scored == len(world["samples"]) == len(ranked) and summary.truncated == 0
+
+    trained = _Trained(*causal["models"][kind])
+    loaded = BCoderModel.from_pretrained(theta_dir, stage="eval", phi_path=phi_dir).eval()
+    assert loaded.alpha == 0.7
+    problems = {p.id: p for p in world["problems"]}
+    for orig, got in zip(world["samples"], ranked, strict=True):
+        assert {k: v for k, v in got.items() if k != "score"} == orig
+        # one program alone (no padding), the causal family's ids
+        prompt = FAMILY.prompt_ids(problems[orig["problem_id"]], tok, 600, "completion")
+        ids = FAMILY.program_ids(tok, orig["code"], "completion")
+        batch = {
+            "input_ids": torch.tensor([prompt]),
+            "attention_mask": torch.ones(1, len(prompt), dtype=torch.long),
+            "labels": torch.tensor([ids]),
+        }
+        with torch.no_grad():
+            for model in (trained, loaded):
+                want = float(program_scores(model, batch, GAMMA, 0.7)[0])
+                assert got["score"] == pytest.approx(want, abs=f32_tolerance(want, ulps=1024))
+    assert len({round(x["score"], 6) for x in ranked}) > len(ranked) // 2  # scores discriminate

@@ -13,12 +13,12 @@ import torch
 from helpers.rl import make_problems, one_thread, save_checkpoint, tiny_config, tiny_t5
 
 from bcoder_core.jsonl import read_jsonl
+from bcoder_core.model.t5 import FAMILY as T5_FAMILY
 from bcoder_core.model.tokenizer import encode_program, load_tokenizer
 from bcoder_core.problems import write_problems
 from bcoder_core.rl.sampling import (
     SamplingConfig,
     encode_prompt,
-    generate,
     parse_shard,
     pick_tokens,
     sample_problems,
@@ -67,8 +67,8 @@ def test_generate_equals_step_by_step_decoding_without_cache(model, tok, problem
     rows = [0, 1, 0, 1, 1]
     u = sample_uniforms(0, [("x", i) for i in range(5)], 12)
     # eos_id = a frequent token of this random model, so that rows end at different steps
-    out = generate(
-        model, ids, am, u, temperature=1.0, top_p=0.9, max_new_tokens=12, eos_id=69, rows_of_prompt=rows
+    out = T5_FAMILY.generate(
+        model, ids, am, u, temperature=1.0, top_p=0.9, max_new_tokens=12, eos_ids={69}, rows_of_prompt=rows
     )
 
     for r, p in enumerate(rows):

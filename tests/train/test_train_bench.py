@@ -55,3 +55,16 @@ def test_bench_train_steps_tiny(capsys):
     ratios = _load("bench_train_steps").main(["--tiny"])
     assert set(ratios) == {"phi/sft", "theta/sft"} and all(v > 0 for v in ratios.values())
     assert "theta/sft:" in capsys.readouterr().out
+
+
+def test_bench_train_steps_causal_tiny(capsys):
+    """The causal path: three stages timed, and a LoRA theta step holds less memory than a full one
+    (structurally: no gradients or AdamW state for the frozen base)."""
+    results = _load("bench_train_steps").main(["--family", "causal", "--tiny"])
+    ratios = ("phi/sft", "theta/sft", "lora/full memory")
+    for key in (*ratios, "sft_s", "phi_s", "theta_s", "full_bytes", "lora_bytes"):
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert results["lora/full memory"] < 1.0
+    assert results["lora_bytes"] < results["full_bytes"]
+    out = capsys.readouterr().out
+    assert "theta/sft:" in out and "phi/sft:" in out and "lora/full theta memory:" in out

@@ -1,12 +1,22 @@
 """Exact resume (DESIGN §5): a run SIGKILLed after a checkpoint and restarted ends with the same
 weights, bit for bit, as an uninterrupted run (phi and theta, as real subprocesses; sft in-process,
-by resuming a finished shorter run with a constant schedule)."""
+by resuming a finished shorter run with a constant schedule).
+
+The SIGKILL test runs for every model variant of ``helpers.training.VARIANTS``: T5, a causal Llama
+with full fine-tuning, and LoRA adapters on a Llama checkpoint. The killed run is always a real
+`bcoder train` process; T5's resumed run is one too (the family-independent path: a fresh process
+rebuilds everything from the checkpoint), the causal variants resume in this process (what they add
+is their model's save / load, read from disk either way; an interpreter start costs more than
+their whole run)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +24,16 @@ import torch
 from helpers.training import (
     ENV,
     REPO,
+    VARIANTS,
+    assert_same_state,
     common,
     make_store,
+    model_keys,
     run_train,
     train_cmd,
+    training_state,
     weights,
-    write_t5_config,
+    write_shape,
     write_yaml,
 )
 
@@ -29,10 +43,14 @@ MAX_STEPS = 30
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    t5 = write_t5_config(root / "t5.json", dropout=0.1)  # dropout on: the RNG state must be restored
+    t5 = write_shape(root / "t5.json", dropout=0.1)  # dropout on: the RNG state must be restored
     return {
         "root": root,
         "t5": t5,
+        # (shape, extra config keys) per model variant; dropout on everywhere
+        "models": {
+            v: (t5, {}) if v == "t5" else model_keys(v, root / "models", dropout=0.1) for v in VARIANTS
+        },
         "phi": make_store(root / "store", v_phi=False),
         "theta": make_store(root / "store-phi", v_phi=True),
     }
@@ -78,24 +96,62 @@ def _run_in_process(stage: str, config: Path) -> None:
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _train_log() -> Iterator[list[str]]:
+    """The messages the trainers log in this process within the block (``bcoder.train`` does not
+    propagate to the root logger, so caplog does not see them)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect(logging.INFO)
+    logger = logging.getLogger("bcoder.train")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+# (variant, stage); the T5 cases keep their historical ids
+CASES = [(v, s) for v in VARIANTS for s in ("phi", "theta")]
+CASE_IDS = [s if v == "t5" else f"{v}-{s}" for v, s in CASES]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["phi", "theta"])
-def test_sigkill_and_resume_is_bit_exact(setup, stage):
-    root, extra = setup["root"] / stage, {"transitions": str(setup[stage])}
+@pytest.mark.parametrize(("variant", "stage"), CASES, ids=CASE_IDS)
+def test_sigkill_and_resume_is_bit_exact(setup, variant, stage):
+    root = setup["root"] / f"{variant}-{stage}"
     root.mkdir()
+    shape, model = setup["models"][variant]
+    extra = {"transitions": str(setup[stage]), **model}
     base = dict(max_steps=MAX_STEPS, save_every=5, log_every=10, optim={"lr": 1e-3, "schedule": "linear"})
-    straight = write_yaml(root / "a.yaml", common(root / "a", setup["t5"], **base, **extra))
-    interrupted = write_yaml(root / "b.yaml", common(root / "b", setup["t5"], **base, **extra))
+    straight = write_yaml(root / "a.yaml", common(root / "a", shape, **base, **extra))
+    interrupted = write_yaml(root / "b.yaml", common(root / "b", shape, **base, **extra))
 
     _run_in_process(stage, straight)
     killed_at = _kill_after_first_checkpoint(train_cmd(stage, interrupted), root / "b", root / "b.log")
-    resumed = run_train(stage, interrupted)
-    assert f"resumed from {root / 'b'}/step_{killed_at}" in resumed.stderr
+    if variant == "t5":
+        log = run_train(stage, interrupted).stderr
+    else:
+        with _train_log() as lines:
+            _run_in_process(stage, interrupted)
+        log = "\n".join(lines)
+    assert f"resumed from {root / 'b'}/step_{killed_at}" in log
 
     want, got = weights(root / "a" / "final"), weights(root / "b" / "final")
     assert want.keys() == got.keys()
     for name, tensor in want.items():
         assert torch.equal(tensor, got[name]), f"{name} differs after resume"
+    if variant.endswith("-lora"):  # the adapters are among the compared tensors (and no full copy of φ)
+        assert any("lora_B" in k for k in got)
+        assert stage == "theta" or all(k.split(":")[1].startswith(("adapter.", "head.")) for k in got)
+    # the optimiser and schedule ended in the same state too (Adam moments of every trained tensor)
+    assert_same_state(
+        training_state(root / "a" / f"step_{MAX_STEPS}"), training_state(root / "b" / f"step_{MAX_STEPS}")
+    )
     # and training really happened: the final weights differ from the killed run's checkpoint
     # (only the newest checkpoints are kept, so compare with the one still there)
     kept = sorted((root / "b").glob("step_*"), key=lambda p: int(p.name[5:]))[0]
@@ -103,8 +159,10 @@ def test_sigkill_and_resume_is_bit_exact(setup, stage):
     assert any(not torch.equal(before[k], got[k]) for k in got if k in before)
 
 
-def test_sft_resume_is_bit_exact(setup, tmp_path):
-    """sft, cheaply: 6 steps straight == 3 steps, then the same run continued to 6 (constant lr)."""
+@pytest.mark.parametrize("variant", ["t5", "llama"])
+def test_sft_resume_is_bit_exact(setup, tmp_path, variant):
+    """sft, cheaply: 6 steps straight == 3 steps, then the same run continued to 6 (constant lr);
+    T5 and a causal Llama (random init of a shape sized to the trained tokenizer, dropout on)."""
     from bcoder_core.config import SFTConfig, load_config
     from bcoder_core.problems import Problem, write_problems
     from bcoder_core.train.sft import train_sft
@@ -122,7 +180,7 @@ def test_sft_resume_is_bit_exact(setup, tmp_path):
     write_problems(problems, tmp_path / "problems.jsonl")
 
     def cfg(out: str, steps: int) -> SFTConfig:
-        data = common(tmp_path / out, setup["t5"], max_steps=steps, save_every=3, log_every=3,
+        data = common(tmp_path / out, setup["models"][variant][0], max_steps=steps, save_every=3, log_every=3,
                       problems=str(tmp_path / "problems.jsonl"), optim={"schedule": "constant", "lr": 1e-3},
                       model={"tokenizer": "train:300"}, max_source_tokens=64, max_target_tokens=96)  # fmt: skip
         return load_config(SFTConfig, write_yaml(tmp_path / f"{out}.yaml", data))
@@ -133,17 +191,22 @@ def test_sft_resume_is_bit_exact(setup, tmp_path):
     second = train_sft(cfg("b", 6))
     assert [h["step"] for h in second.history] == [6]  # continued from step 3, did not restart
     want, got = weights(Path(straight.final)), weights(Path(second.final))
+    assert want.keys() == got.keys()
     for name, tensor in want.items():
         assert torch.equal(tensor, got[name]), f"{name} differs after resume"
+    assert_same_state(training_state(tmp_path / "a" / "step_6"), training_state(tmp_path / "b" / "step_6"))
 
     # the export is a plain HF checkpoint with its (trained) tokenizer
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
 
     from bcoder_core.model.tokenizer import load_tokenizer
 
-    t5 = T5ForConditionalGeneration.from_pretrained(straight.final)
+    hf = (T5ForConditionalGeneration if variant == "t5" else AutoModelForCausalLM).from_pretrained(
+        straight.final
+    )
     tok = load_tokenizer(straight.final)
-    assert t5.config.vocab_size == len(tok)
+    assert hf.config.vocab_size == len(tok)
+    assert hf.config.model_type == variant
 
 
 # --------------------------------------------------------------------------------------------------

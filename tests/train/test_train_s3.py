@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from helpers.training import common, make_store, weights, write_t5_config, write_yaml
+from helpers.training import common, make_store, weights, write_shape, write_yaml
 
 from bcoder_core import storage
 
@@ -13,7 +13,7 @@ def test_theta_checkpoints_and_resume_on_s3(s3_env, tmp_path):
     from bcoder_core.train import checkpoint
     from bcoder_core.train.theta import train_theta
 
-    t5 = write_t5_config(tmp_path / "t5.json", dropout=0.1)
+    t5 = write_shape(tmp_path / "t5.json", dropout=0.1)
     store = make_store(tmp_path / "store", v_phi=True, n_problems=3, per_problem=4)
     remote = s3_env.uri("theta")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.training import common, make_store, write_t5_config, write_yaml
+from helpers.training import common, make_store, write_shape, write_yaml
 
 STEPS, WINDOW = 32, 8
 
@@ -15,7 +15,7 @@ def _train(stage: str, tmp_path, lr: float = 2e-3, store_metadata: dict | None =
     from bcoder_core.train.theta import train_theta
 
     steps = extra.pop("max_steps", STEPS)
-    t5 = write_t5_config(tmp_path / "t5.json", dropout=0.0)
+    t5 = write_shape(tmp_path / "t5.json", dropout=0.0)
     store = make_store(
         tmp_path / "store", v_phi=stage == "theta", n_problems=4, per_problem=6, adv_scale=0.05,
         metadata=store_metadata,
@@ -91,7 +91,7 @@ def test_phi_learns_to_separate_passing_from_failing_programs_of_a_problem(tmp_p
     from bcoder_core.rl.transitions import collate, open_store
     from bcoder_core.train.phi import train_phi
 
-    t5 = write_t5_config(tmp_path / "t5.json", dropout=0.0)
+    t5 = write_shape(tmp_path / "t5.json", dropout=0.0)
     ckpt = save_random_checkpoint(T5Config.from_json_file(str(t5)), tmp_path / "ckpt", seed=0)
     store = make_store(tmp_path / "store", v_phi=False, n_problems=8, per_problem=10, adv_scale=0.05)
     data = common(
