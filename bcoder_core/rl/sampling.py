@@ -194,6 +194,29 @@ def _inverse_cdf(cum, p, u):
 # Problems → samples
 
 
+def sample_record(
+    problem_id: str,
+    sample_id: int,
+    code: str,
+    cfg: SamplingConfig,
+    model_name: str,
+    tokens: int,
+    finished: bool,
+) -> dict[str, Any]:
+    """One line of a samples file (DESIGN §3.3); ``tokens`` without the EOS."""
+    return {
+        "problem_id": problem_id,
+        "sample_id": sample_id,
+        "code": code,
+        "model": model_name,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "seed": cfg.seed,
+        "num_tokens": tokens + int(finished),
+        "finished": finished,
+    }
+
+
 def sample_problems(
     model,
     tokenizer,
@@ -241,17 +264,8 @@ def sample_problems(
                 rows_of_prompt=[slot[k] for k, _ in chunk],
             )
             for (k, j), (toks, finished) in zip(chunk, decoded, strict=True):
-                yield {
-                    "problem_id": problems[k].id,
-                    "sample_id": j,
-                    "code": family.program_text(tokenizer, toks, fmt),
-                    "model": model_name,
-                    "temperature": cfg.temperature,
-                    "top_p": cfg.top_p,
-                    "seed": cfg.seed,
-                    "num_tokens": len(toks) + int(finished),
-                    "finished": finished,
-                }
+                code = family.program_text(tokenizer, toks, fmt)
+                yield sample_record(problems[k].id, j, code, cfg, model_name, len(toks), finished)
             bar.update(len(chunk))
             if on_batch is not None:
                 on_batch(len(chunk))
@@ -299,15 +313,17 @@ def run_sample(
     model_dir = resolve_model_dir(model)
     probs = shard_items(read_problems(storage.input_path(problems)), shard_spec)
     tok = load_tokenizer_for(model_dir, tokenizer)
-    theta = load_theta(model_dir, device, dtype)
+    from bcoder_core.rl.engines import select_engine
+
+    engine = select_engine(cfg.engine, model_dir, device, dtype)
     config = {"command": "sample", "model": model, "problems": problems, "shard": list(shard_spec)}
     config.update(asdict(cfg))
     n = 0
     with storage.output_path(out, kind="samples", config=config) as local:
         path = output_file(local, "samples.jsonl")
         with path.open("w", encoding="utf-8") as f:
-            for rec in sample_problems(
-                theta, tok, probs, cfg, model_name=model, progress=progress, on_batch=record_samples_metric
+            for rec in engine.sample(
+                tok, probs, cfg, model_name=model, progress=progress, on_batch=record_samples_metric
             ):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
