@@ -19,6 +19,7 @@ median nucleus 1 token, mean ≈ 35 at T = 0.8, a heavy tail like a trained code
 
     python bench/bench_sample_rank.py                 # small shape, 4 problems x 8 samples x 128 tokens
     python bench/bench_sample_rank.py --shape tiny    # seconds
+    python bench/bench_sample_rank.py --engines       # + CTranslate2's tokens/s against the reference loop
 
 Numbers depend on the machine and its load; compare only within one run.
 """
@@ -79,6 +80,11 @@ def main() -> None:
     ap.add_argument("--logit-scale", type=float, default=3.0, help="scale of theta's LM head (1: flat)")
     ap.add_argument("--rank-dtype", default="fp32", help="fp32 (bcoder rank's default) or bf16 (autocast)")
     ap.add_argument(
+        "--engines",
+        action="store_true",
+        help="also time the CTranslate2 engine on the same θ, prompts and settings (tokens/s ratio)",
+    )
+    ap.add_argument(
         "--compare-generate",
         action="store_true",
         help="also time transformers' generate(do_sample=True) on the same prompts, as a sampling baseline",
@@ -100,6 +106,20 @@ def main() -> None:
         BCoderModel.from_pretrained(root / "ckpt", stage="phi").save_pretrained(root / "phi", "phi")
         theta_hf = load_theta(str(root / "theta"), device="cpu", dtype="fp32")
         ranker = BCoderModel.from_pretrained(root / "theta", stage="eval", phi_path=root / "phi").eval()
+        ct2_engine = None
+        if args.engines:
+            # a fresh conversion (timed apart) in a cache that outlives the checkpoint's temp dir
+            import atexit
+            import os
+            import shutil
+
+            from bcoder_core.rl.engines import CTranslate2Engine
+
+            os.environ["BCODER_CACHE"] = cache = tempfile.mkdtemp(prefix="bcoder-bench-ct2-")
+            atexit.register(shutil.rmtree, cache, ignore_errors=True)
+            t0 = time.perf_counter()
+            ct2_engine = CTranslate2Engine(str(root / "theta"), "cpu", "fp32")
+            convert_s = time.perf_counter() - t0
 
     scfg = SamplingConfig(
         num_samples=args.num_samples,
@@ -142,6 +162,21 @@ def main() -> None:
     print(f"sample: {ts:8.3f} s  ({n_prog / ts:7.1f} programs/s, {tokens / ts:8.0f} tokens/s)")
     print(f"rank:   {tr:8.3f} s  ({n_prog / tr:7.1f} programs/s)  [{summary.truncated} truncated]")
     print(f"ratio rank/sample = {tr / ts:.3f}  (target <= 0.30; rank in {args.rank_dtype})")
+    if ct2_engine is not None:
+        ct2_times, ct2_tokens = [], 0
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            out = list(ct2_engine.sample(tok, probs, scfg, progress=False))
+            ct2_times.append(time.perf_counter() - t0)
+            ct2_tokens = sum(s["num_tokens"] for s in out)
+        tc = min(ct2_times)
+        ref_rate, ct2_rate = tokens / ts, ct2_tokens / tc
+        print(
+            f"ctranslate2: {tc:8.3f} s  ({len(out) / tc:7.1f} programs/s, {ct2_rate:8.0f} tokens/s; "
+            f"conversion once {convert_s:.1f} s, cached)"
+        )
+        print(f"tokens/s reference / ctranslate2 = {ref_rate / ct2_rate:.2f}  (the engine ratio)")
+        print(f"ratio rank/sample with ctranslate2 sampling = {tr / tc:.3f}  (target <= 0.30)")
     if args.compare_generate:
         tg = time_generate(theta_hf, tok, probs, scfg)
         print(

@@ -47,6 +47,7 @@ class SamplingConfig(ModelPassConfig):
 
     CLI_FLAGS: ClassVar[dict[str, str]] = cli_flags(
         "num_samples temperature top_p max_new_tokens max_source_tokens batch_size seed tokenizer device dtype prompt_format"
+        " engine"
     )
     """Fields the stage command has a flag for (``--num-samples`` for num_samples ...)."""
 
@@ -62,6 +63,10 @@ class SamplingConfig(ModelPassConfig):
     """Programs decoded together."""
     seed: int = 0
     """Seed of the per-sample random streams: each (problem, sample) has its own stream."""
+    engine: Literal["auto", "reference", "ctranslate2"] = "reference"
+    """Sampling engine (``rl/engines.py``): reference (the KV-cache loop; per-sample random streams),
+    ctranslate2 (T5, CPU/GPU; converted once per θ and cached; seeded once per run), or auto (the
+    fastest available for the model: CTranslate2 for a T5 when installed)."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16."""
 

@@ -299,15 +299,17 @@ def run_sample(
     model_dir = resolve_model_dir(model)
     probs = shard_items(read_problems(storage.input_path(problems)), shard_spec)
     tok = load_tokenizer_for(model_dir, tokenizer)
-    theta = load_theta(model_dir, device, dtype)
+    from bcoder_core.rl.engines import select_engine
+
+    engine = select_engine(cfg.engine, model_dir, device, dtype)
     config = {"command": "sample", "model": model, "problems": problems, "shard": list(shard_spec)}
     config.update(asdict(cfg))
     n = 0
     with storage.output_path(out, kind="samples", config=config) as local:
         path = output_file(local, "samples.jsonl")
         with path.open("w", encoding="utf-8") as f:
-            for rec in sample_problems(
-                theta, tok, probs, cfg, model_name=model, progress=progress, on_batch=record_samples_metric
+            for rec in engine.sample(
+                tok, probs, cfg, model_name=model, progress=progress, on_batch=record_samples_metric
             ):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
