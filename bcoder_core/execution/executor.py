@@ -148,11 +148,14 @@ class _WorkerProcess:
             raise ExecutionError("execution worker closed its output")
         return msg
 
-    def close(self) -> None:
+    def ask_to_stop(self) -> None:
         with contextlib.suppress(Exception):
             self.send(protocol.Shutdown())
         with contextlib.suppress(Exception):
             self.proc.stdin.close()
+
+    def close(self) -> None:
+        self.ask_to_stop()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -230,6 +233,8 @@ class Executor:
             )
 
     def close(self) -> None:
+        for w in self._workers:  # all at once: each sandbox takes its time to end
+            w.ask_to_stop()
         for w in self._workers:
             w.close()
         self._workers.clear()

@@ -58,7 +58,6 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -165,7 +164,7 @@ def python_paths() -> list[str]:
 
 def package_root() -> str:
     """The directory holding the ``bcoder_core`` package (put on the worker's PYTHONPATH)."""
-    return str(Path(__file__).resolve().parents[2])
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def worker_env() -> dict[str, str]:
@@ -198,7 +197,7 @@ def bwrap_args() -> list[str]:
     for d in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
         if os.path.exists(d):
             binds.append(d)
-    for p in [*python_paths(), str(Path(package_root()) / "bcoder_core")]:
+    for p in [*python_paths(), os.path.join(package_root(), "bcoder_core")]:
         if not any(p == b or p.startswith(b.rstrip("/") + "/") for b in binds):
             binds.append(p)
     # The private /tmp and /var/tmp come first: bwrap applies mounts in order, so a package or Python
@@ -299,8 +298,10 @@ def _bind_back(hidden: str, needed: list[str], stage_root: str, report: dict) ->
 def _open_traverse(path: str, report: dict) -> None:
     """Add o+x to the ancestors of ``path`` that lack it. Only where writes never reach the host (the
     copy-on-write overlay of ``runsc do``), as the fall-back when bind mounts are not available."""
-    p = Path(path)
-    for anc in [*reversed(p.parents), p]:
+    ancestors = [path]
+    while os.path.dirname(ancestors[-1]) != ancestors[-1]:
+        ancestors.append(os.path.dirname(ancestors[-1]))
+    for anc in reversed(ancestors):
         try:
             st = os.stat(anc)
             if not st.st_mode & 0o001:
@@ -636,7 +637,7 @@ def _fallback_view(tmp_mb: int, fs_overlay: bool, report: dict) -> None:
                 tmpfs.append(d)
     report["private_tmp"] = tmpfs[:1]
     report["tmp_mb"] = tmp_mb
-    needed = [*python_paths(), str(Path(package_root()) / "bcoder_core")]
+    needed = [*python_paths(), os.path.join(package_root(), "bcoder_core")]
     stage_root = "/tmp/.bcoder-stage"
     if "/tmp" in tmpfs:
         for hidden in SECRET_DIRS:

@@ -19,6 +19,7 @@ private /tmp.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
 import json
@@ -26,7 +27,6 @@ import marshal
 import os
 import select
 import signal
-import socket
 import sys
 import time
 
@@ -55,10 +55,10 @@ def _sealed_memfd(name: str, data: bytes) -> int:
 class _Zygote:
     """The worker's side of the zygote: start it, ask it for children, read their wait statuses."""
 
-    def __init__(self, sources: list, settings: dict, *, pdeathsig: bool):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def __init__(self, sources: bytes, settings: dict, *, pdeathsig: bool):
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         src = os.memfd_create("bcoder-zygote", 0)
-        view = memoryview(json.dumps(sources).encode())
+        view = memoryview(sources)
         while view:
             view = view[os.write(src, view) :]
         os.lseek(src, 0, os.SEEK_SET)
@@ -122,7 +122,7 @@ class _Zygote:
         """One child of the zygote running the job of ``job_fd`` with ``fds`` (target -> descriptor)."""
         req = {"targets": list(fds), "workdir": workdir, "chan_fd": chan_fd, "cpu_s": cpu_s}
         fd_bytes = b"".join(fd.to_bytes(4, sys.byteorder) for fd in [job_fd, *fds.values()])
-        self.sock.sendmsg([json.dumps(req).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd_bytes)])
+        self.sock.sendmsg([json.dumps(req).encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
         if not self.report_pid:
             return 0  # the program's pid comes with its status
         msg = self.recv(timeout=60.0)
@@ -340,7 +340,9 @@ class Worker:
             gone = sandbox.kill_strays(
                 pid, self.uid, subreaper=bool(self.isolation.get("subreaper")), keep=keep
             )
-        if self.zygote.pid in gone:
+        if self.zygote.pid in gone and (self.uid is not None or os.geteuid() == 0):
+            # Programs run as another user: they cannot have killed it (else program_status starts
+            # another one when its end shows on the socket).
             raise ZygoteError("the zygote died")
 
     # ---------------------------------------------------------------------------------------- jobs

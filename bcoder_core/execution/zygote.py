@@ -18,8 +18,10 @@ worker's own activity (protocol, pipes, clean-up) no longer touches memory share
 Messages, over a ``SOCK_SEQPACKET`` socket pair, JSON: worker -> zygote ``{"targets": [fd numbers],
 "workdir": ..., "chan_fd": n, "cpu_s": n}`` with the descriptors (the job's memfd first, then one per
 target) attached; zygote -> worker ``{"ready": pid, "vm_size": bytes}`` once, then per request
-``{"pid": n}`` and, once the child is reaped, ``{"pid": n, "status": wait status}`` (or ``{"error":
-...}`` when it could not fork).
+``{"pid": n}`` (only where the worker is not PID 1 of its own namespace: it then needs the program's
+process group to kill it) and, once the child is reaped, ``{"pid": n, "status": wait status}`` (or
+``{"error": ...}`` when it could not fork). The job memfd holds the program's code objects, compiled by
+the worker (``marshal``, the same interpreter), and is sealed: nothing can change it once written.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ MODULES = ("bcoder_core.execution.values", "bcoder_core.execution.child", "bcode
 ``bcoder_core.execution`` are empty packages there."""
 
 BOOT = """
-import os, sys, json, types
+import os, sys, marshal, types
 def _boot():
     src_fd, sock_fd, settings = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     chunks = []
@@ -49,26 +51,26 @@ def _boot():
             break
         chunks.append(b)
     os.close(src_fd)
-    sources = json.loads(b"".join(chunks))
+    sources = marshal.loads(b"".join(chunks))
     for name in ("bcoder_core", "bcoder_core.execution"):
         pkg = types.ModuleType(name)
         pkg.__path__ = []
         pkg.__package__ = name
         sys.modules[name] = pkg
-    for name, text in sources:
+    for name, code in sources:
         parent, _, short = name.rpartition(".")
         mod = types.ModuleType(name)
         mod.__package__ = parent
-        mod.__file__ = "<bcoder>/" + short + ".py"
+        mod.__file__ = code.co_filename
         sys.modules[name] = mod
-        exec(compile(text, mod.__file__, "exec", dont_inherit=True), mod.__dict__)
+        exec(code, mod.__dict__)
         setattr(sys.modules[parent], short, mod)
     sys.modules["bcoder_core.execution.zygote"].main(sock_fd, settings)
 _boot()
 """
-"""Run as ``python -S -I -c BOOT SOURCES_FD SOCKET_FD SETTINGS_JSON``: the sources come from a memfd the
-worker wrote while it could still read the package (before its root became the allow-listed view,
-which does not hold the checkout)."""
+"""Run as ``python -S -I -c BOOT CODE_FD SOCKET_FD SETTINGS_JSON``: the modules' code objects (marshal;
+the same interpreter) come from a memfd the worker wrote while it could still read the package (before
+its root became the allow-listed view, which does not hold the checkout)."""
 
 PRELOAD = (
     "bisect",
@@ -99,15 +101,18 @@ _RESET_SIGNALS = (
 )
 
 
-def sources() -> list[tuple[str, str]]:
-    """(module name, source) of :data:`MODULES`, read from this package (the worker calls it while the
-    host's files are still in view)."""
+def sources() -> bytes:
+    """The code objects of :data:`MODULES`, as ``marshal`` data of (module name, code) pairs, loaded
+    from this package (its cached bytecode where fresh) by the worker while the host's files are still
+    in view."""
+    from importlib.machinery import SourceFileLoader
+
     here = os.path.dirname(os.path.abspath(__file__))
     out = []
     for name in MODULES:
-        with open(os.path.join(here, name.rpartition(".")[2] + ".py"), encoding="utf-8") as f:
-            out.append((name, f.read()))
-    return out
+        path = os.path.join(here, name.rpartition(".")[2] + ".py")
+        out.append((name, SourceFileLoader(name, path).get_code(name)))
+    return marshal.dumps(out)
 
 
 def _prctl_fn():
