@@ -174,6 +174,15 @@ class TrainConfig:
     """Programs per device per micro-batch; the global batch is batch_size x grad_accum x world size."""
     grad_accum: int = 1
     """Gradient accumulation: micro-batches per optimiser step."""
+    length_bucketing: Literal["off", "micro", "window"] = "window"
+    """Batch programs of similar length together (DESIGN §2.7): off (sampling order), micro (each
+    step's programs as off, grouped by length into its micro-batches; no effect with one
+    micro-batch per step), window (also the steps' batches cut by length within windows of
+    bucket_window batches that see off's programs). rho_real stays exact per batch, batch k a pure
+    function of k, the loss the token mean of the global batch."""
+    bucket_window: int = 64
+    """Global batches per length-bucketing window (length_bucketing window): each window of
+    bucket_window steps sees exactly off's programs, regrouped by length among its steps."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     """Optimiser and schedule."""
     max_steps: int = 1000
@@ -201,7 +210,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.output), "output", "must be set (a local directory or s3://bucket/prefix)")
-        for key in ("max_source_tokens", "max_target_tokens", "batch_size", "grad_accum", "max_steps"):
+        for key in (
+            "max_source_tokens", "max_target_tokens", "batch_size", "grad_accum", "max_steps",
+            "bucket_window",
+        ):  # fmt: skip
             value = getattr(self, key)
             check(value >= 1, key, f"must be >= 1 (got {value})")
         for key in ("save_every", "keep_checkpoints", "num_workers"):

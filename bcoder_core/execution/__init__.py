@@ -6,22 +6,39 @@ Public API: :func:`execute_samples`, :class:`Executor`, :class:`ExecutionConfig`
 
 Layout: ``config`` (ExecutionConfig), ``sandbox`` (boundaries, per-program isolation, the
 ``SANDBOXES`` registry), ``compare`` (output comparison, the ``COMPARE_MODES`` registry),
-``protocol`` (framing and typed messages), ``worker`` (the sandboxed zygote), ``child`` (the harness
-inside a program's process), ``replay`` (what a child did, from what it wrote), ``judge`` (jobs and
-verdicts), ``executor`` (the worker pool), ``run`` (the execute stage: files, resume, shards).
+``protocol`` (framing and typed messages), ``worker`` (the sandboxed worker), ``zygote`` (the lean
+process that forks each program), ``child`` (the harness inside a program's process), ``values``
+(what that harness writes: typed values, channel lines), ``replay`` (what a child did, from what it
+wrote), ``judge`` (jobs and verdicts), ``executor`` (the worker pool), ``run`` (the execute stage:
+files, resume, shards).
 """
 
-from bcoder_core.execution.config import ExecutionConfig
-from bcoder_core.execution.executor import Executor, execute_samples
-from bcoder_core.execution.judge import RESULT_KEYS, REWARDS, VERDICTS
-from bcoder_core.execution.protocol import ExecutionError
+from importlib import import_module
 
-__all__ = [
-    "RESULT_KEYS",
-    "REWARDS",
-    "VERDICTS",
-    "ExecutionConfig",
-    "ExecutionError",
-    "Executor",
-    "execute_samples",
-]
+_EXPORTS = {
+    "ExecutionConfig": "config",
+    "Executor": "executor",
+    "execute_samples": "executor",
+    "RESULT_KEYS": "judge",
+    "REWARDS": "judge",
+    "VERDICTS": "judge",
+    "ExecutionError": "protocol",
+}
+"""Loaded on first use (PEP 562): the sandboxed worker imports only what it runs (``worker``, ``child``,
+``sandbox``, …), never the executor, the config tree or YAML. Every shared library a worker maps makes
+each fork of a program slower, under gVisor most of all (DESIGN §4)."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

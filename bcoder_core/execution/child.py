@@ -1,4 +1,4 @@
-"""The program-side harness: runs inside the sandboxed child process, after :func:`sandbox.enter_child`.
+"""The program-side harness: runs inside the sandboxed child process, after :func:`zygote.enter` (:func:`start`).
 
 It reports on a private channel (a pipe at a descriptor number only the worker and this harness know),
 never on stdout, one JSON object per line, each carrying the job's nonce:
@@ -25,7 +25,6 @@ flushed.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import io
 import json
 import numbers
@@ -33,8 +32,7 @@ import os
 import sys
 import types
 
-from bcoder_core.execution.checks import encode_values
-from bcoder_core.execution.protocol import RunJob, channel_line
+from bcoder_core.execution.values import channel_line, encode_values
 
 # Imports the APPS harness puts before every program (and LeetCode/Codewars environments provide):
 # used for call-based programs always, and for stdin programs in the ``apps`` comparison mode.
@@ -170,8 +168,10 @@ def _exit_status(exc: SystemExit) -> tuple[bool, str]:
         return True, ""
     if isinstance(code, int):
         return False, f"SystemExit: exit status {code}"
-    with contextlib.suppress(BaseException):
+    try:  # noqa: SIM105 - no contextlib: the zygote does not import it for every program
         print(code, file=sys.stderr)
+    except BaseException:
+        pass
     return False, f"SystemExit: {str(code)[:200]}"
 
 
@@ -219,12 +219,11 @@ def _load(code, prelude, name: str):
     return mod
 
 
-def run_call(job: RunJob, nonce: str, code, prelude, chan_fd: int) -> None:
+def run_call(fn_name: str, inputs: list, max_output: int, nonce: str, code, prelude, chan_fd: int) -> None:
     """All tests of a call-based program in one process. Never returns."""
     chan = _Channel(chan_fd, nonce)
     try:
         _setup_stdio()
-        fn_name = job.fn_name
         try:
             mod = _load(code, prelude, "solution")
             ns = mod.__dict__
@@ -241,8 +240,8 @@ def run_call(job: RunJob, nonce: str, code, prelude, chan_fd: int) -> None:
             chan.send("load_error", error=_describe(exc))
             return
         chan.send("loaded")
-        cap = job.max_output
-        for i, args in enumerate(job.inputs or []):
+        cap = max_output
+        for i, args in enumerate(inputs or []):
             try:
                 out = fn(*args) if isinstance(args, list) else fn(args)
                 try:
@@ -319,3 +318,81 @@ def _evaluate(chan: _Channel, index: int, exprs: tuple, ns: dict, cap: int) -> N
         chan.send("test", index=index, status="overflow")
     else:
         chan.send("test", index=index, status=status, value=text, error=error)
+
+
+# ------------------------------------------------------------------------------- compile and start
+
+
+def compile_program(source: str, fmt: str):
+    """Compile a program. A stdin program may ``return`` at module level to end (the APPS harness runs
+    stdin programs inside a function, so APPS solutions and models trained on them do this): that
+    ``return`` ends the script like ``sys.exit()``, and nothing else about script semantics changes."""
+    try:
+        return compile(source, "solution.py", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        if fmt != "stdin" or exc.msg != "'return' outside function":
+            raise
+    import ast  # only here: the zygote does not hold it for every program
+
+    class ModuleReturn(ast.NodeTransformer):
+        """``return`` at module level -> ``raise SystemExit`` (functions and classes are left alone)."""
+
+        def visit_FunctionDef(self, node):
+            return node
+
+        visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+        def visit_Return(self, node):
+            return ast.copy_location(ast.parse("raise SystemExit").body[0], node)
+
+    tree = ModuleReturn().visit(ast.parse(source, "solution.py"))
+    return compile(ast.fix_missing_locations(tree), "solution.py", "exec", dont_inherit=True)
+
+
+def compile_message(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def compile_tests(asserts: list) -> list:
+    """The assert-format tests: an assertion's code object, or a tuple of expressions whose values are
+    judged in the parent (``{"eval": [...]}``). Raises ``ValueError("test k ...")`` on a bad one."""
+    out = []
+    for k, a in enumerate(asserts):
+        try:
+            if isinstance(a, dict):
+                exprs = a.get("eval")
+                if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
+                    raise ValueError("malformed test")
+                out.append(tuple(compile(e, f"test_{k}.py", "eval") for e in exprs))
+            else:
+                out.append(compile(a, f"test_{k}.py", "exec"))
+        except BaseException as exc:
+            raise ValueError(f"test {k} does not compile: {compile_message(exc)}") from None
+    return out
+
+
+def start(job: dict, chan_fd: int) -> None:
+    """In a program's fresh process, isolated already: run its job. Never returns.
+
+    ``job`` is what the worker compiled for this program alone (``format``, ``nonce``, code objects
+    ``code``, ``prelude``, ``setup`` and ``tests`` (:func:`compile_tests`), ``fn_name``, ``inputs`` of a
+    call-based program, ``max_output``); it never holds expected outputs.
+    """
+    fmt, nonce = job["format"], job["nonce"]
+    if fmt == "stdin":
+        run_stdin(nonce, job["code"], job["prelude"], chan_fd)
+    elif fmt == "call":
+        run_call(
+            job["fn_name"] or "",
+            job["inputs"] or [],
+            job["max_output"],
+            nonce,
+            job["code"],
+            job["prelude"],
+            chan_fd,
+        )
+    else:
+        run_assert(nonce, job["code"], job["prelude"], chan_fd, job["setup"], job["tests"], job["max_output"])
+    os._exit(70)  # pragma: no cover - each runner ends the process

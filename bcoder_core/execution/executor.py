@@ -1,7 +1,7 @@
 """The executor: a pool of sandboxed workers that runs samples; :func:`execute_samples`, :class:`Executor`.
 
-A pool of worker processes (``worker.py``; each a pre-imported zygote inside the chosen boundary,
-see ``sandbox.py``) runs programs; this process keeps the problems, the expected outputs and the
+A pool of worker processes (``worker.py``, each inside the chosen boundary with its zygote,
+``zygote.py``, which forks the programs; see ``sandbox.py``) runs programs; this process keeps the problems, the expected outputs and the
 results, and decides every verdict (``judge.py``) from what the workers report (``protocol.py``).
 Worker output is JSON only (never pickle), so even a compromised sandbox cannot run code here.
 A crash of the framework (a worker dies, the protocol breaks) raises :class:`ExecutionError`; it is
@@ -10,6 +10,7 @@ never written down as a program's verdict.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
@@ -147,11 +148,14 @@ class _WorkerProcess:
             raise ExecutionError("execution worker closed its output")
         return msg
 
-    def close(self) -> None:
+    def ask_to_stop(self) -> None:
         with contextlib.suppress(Exception):
             self.send(protocol.Shutdown())
         with contextlib.suppress(Exception):
             self.proc.stdin.close()
+
+    def close(self) -> None:
+        self.ask_to_stop()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -176,6 +180,8 @@ def _record_telemetry(verdict: str, seconds: float) -> None:
 
 
 _DONE = object()
+PIPELINE = 2
+"""Programs sent ahead to each worker (the one it runs and the next)."""
 
 
 class Executor:
@@ -227,6 +233,8 @@ class Executor:
             )
 
     def close(self) -> None:
+        for w in self._workers:  # all at once: each sandbox takes its time to end
+            w.ask_to_stop()
         for w in self._workers:
             w.close()
         self._workers.clear()
@@ -240,9 +248,16 @@ class Executor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def run_one(self, worker: _WorkerProcess, problem, sample: dict) -> dict:
+    def submit(self, worker: _WorkerProcess, problem, sample: dict) -> tuple:
+        """Send one program to ``worker``; what :meth:`collect` needs for its result."""
         job, expected = build_job(problem, sample["code"], self.config)
         worker.send(job)
+        return job, expected, problem, sample
+
+    def collect(self, worker: _WorkerProcess, submitted: tuple) -> dict:
+        """The result of the oldest program sent to ``worker`` (its reports, then its end)."""
+        job, expected, problem, sample = submitted
+        # Per message: a job may wait behind the one before it, but each message comes within this.
         watchdog = self.config.program_timeout_s + self.config.timeout_s + 60.0
         reports: list[protocol.TestReport] = []
         while True:
@@ -256,6 +271,9 @@ class Executor:
         result = judge(problem, sample, expected, reports, msg, self.config)
         _record_telemetry(result.verdict, result.duration_s)
         return result.as_dict()
+
+    def run_one(self, worker: _WorkerProcess, problem, sample: dict) -> dict:
+        return self.collect(worker, self.submit(worker, problem, sample))
 
     def run(
         self,
@@ -291,16 +309,26 @@ class Executor:
                             continue
 
         def runner(worker: _WorkerProcess) -> None:
+            # Up to PIPELINE programs at a worker: it starts the next one the moment one ends, without
+            # waiting for this thread to judge the last and send another (the worker reads one job at
+            # a time; its results come back in order).
+            pending: collections.deque = collections.deque()
+            done = False
             try:
                 while not stop.is_set():
-                    try:
-                        item = jobs.get(timeout=0.2)
-                    except queue.Empty:
-                        continue
-                    if item is _DONE:
+                    while not done and len(pending) < PIPELINE:
+                        try:
+                            item = jobs.get_nowait() if pending else jobs.get(timeout=0.2)
+                        except queue.Empty:
+                            break
+                        if item is _DONE:
+                            done = True
+                            break
+                        pending.append(self.submit(worker, *item))
+                    if pending:
+                        results.put(self.collect(worker, pending.popleft()))
+                    elif done:
                         return
-                    problem, sample = item
-                    results.put(self.run_one(worker, problem, sample))
             except BaseException as exc:
                 results.put(
                     exc

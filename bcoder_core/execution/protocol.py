@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+from bcoder_core.execution.values import channel_line  # noqa: F401 (the harness side of the channel)
+
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30
 """The largest frame body either side accepts (bytes)."""
@@ -246,10 +248,6 @@ class ChannelMessage:
     status: Any = None
     value: Any = None
     error: Any = None
-
-
-def channel_line(nonce: str, kind: str, **fields: Any) -> bytes:
-    return (json.dumps({"nonce": nonce, "kind": kind, **fields}) + "\n").encode()
 
 
 def parse_channel_line(line: bytes, nonce: str) -> ChannelMessage | None:

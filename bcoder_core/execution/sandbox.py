@@ -15,15 +15,17 @@ Two layers on one machine:
     interpreter, stdlib, its libraries, ``CHILD_PACKAGES`` of site-packages, a few devices, a fresh
     /proc with ``hidepid=2``, one private tmpfs /tmp sized within the program's memory budget); non-
     dumpable (no ptrace, no core, its /proc files are root's), a child subreaper;
-  - for every program process (:func:`enter_child`): a new session and process group, a fresh
-    temporary working directory, rlimits (address space relative to the worker's own size, CPU
-    seconds, processes, file size, open files, no core files), a scrubbed environment, no new
-    privileges, a parent-death signal, and a different unprivileged user per worker slot when the
-    worker runs as root (so that ``kill -9 -1`` or a fork bomb of one program cannot touch the worker,
-    another worker's programs, or any other process);
-  - after every program process (:func:`kill_strays`): SIGKILL to its process group, to every process
-    of the slot's user (which catches double-forked daemons that left the group), and to every
-    orphan re-parented to the worker; then all are reaped.
+  - for every program process, forked by the worker's zygote (:func:`~bcoder_core.execution.zygote.enter`):
+    a new session and process group, a fresh temporary working directory, rlimits (address space
+    relative to the zygote's own size, CPU seconds, processes, file size, open files, no core files),
+    the programs' environment, no new privileges (inherited from the worker), and a different
+    unprivileged user per worker slot when the worker runs as root (so that ``kill -9 -1`` or a fork
+    bomb of one program cannot touch the worker, the zygote, another worker's programs, or any other
+    process);
+  - after every program process: with the worker PID 1 of its namespace, SIGKILL to every process of
+    the namespace but the worker and the zygote (:func:`kill_namespace`); elsewhere to its process
+    group, to every process of the slot's user or every orphan re-parented to the worker
+    (:func:`kill_strays`); then all are reaped, and /tmp is a fresh tmpfs (:func:`reset_private_tmp`).
 
 Everything that cannot be had here (no root, no namespaces inside a container that forbids them) is
 skipped and recorded in the isolation report that the worker sends back (``fs_view`` says
@@ -35,7 +37,10 @@ Residual risks, stated honestly:
   process group and orphan sweeps clean up after them; without namespaces they see the host's file
   system as that user does (the previous deny-list: private /tmp, /root and /home hidden).
 * Under gVisor the view's binds cannot be remounted read-only (writes stay in the ``runsc do``
-  overlay) and ``hidepid`` is ignored (a program sees PID 1, the worker).
+  overlay) and ``hidepid`` is ignored: a program sees PID 1 (the worker) and 2 (the zygote), may read
+  their cmdline, environ (no secrets in either) and maps, and may open what their descriptors point to
+  through /proc/<pid>/fd except sockets and the host's descriptors (gVisor's /proc checks less than
+  Linux's): the worker holds only the running program's own pipes and its job (a sealed memfd).
 * Assertions of shapes that :mod:`~bcoder_core.execution.checks` does not decide in the parent run in
   the program's own process; a determined program can forge those results on the private channel.
   Call-based, stdin and parent-decided assert tests are compared in the trusted parent, on plain data,
@@ -46,17 +51,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import glob
 import os
-import resource
-import shutil
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -94,9 +95,17 @@ _libc = None
 
 
 def libc():
+    """The C library. The process's own global symbols first (the interpreter links libc): no
+    ``ctypes.util``, which would pull ``shutil``, ``subprocess`` and their shared libraries into the
+    worker, and so into every fork of a program."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)
+        if not all(hasattr(lib, f) for f in ("mount", "unshare", "prctl", "syscall")):
+            from ctypes.util import find_library
+
+            lib = ctypes.CDLL(find_library("c") or None, use_errno=True)
+        _libc = lib
     return _libc
 
 
@@ -155,7 +164,7 @@ def python_paths() -> list[str]:
 
 def package_root() -> str:
     """The directory holding the ``bcoder_core`` package (put on the worker's PYTHONPATH)."""
-    return str(Path(__file__).resolve().parents[2])
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def worker_env() -> dict[str, str]:
@@ -188,7 +197,7 @@ def bwrap_args() -> list[str]:
     for d in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
         if os.path.exists(d):
             binds.append(d)
-    for p in [*python_paths(), str(Path(package_root()) / "bcoder_core")]:
+    for p in [*python_paths(), os.path.join(package_root(), "bcoder_core")]:
         if not any(p == b or p.startswith(b.rstrip("/") + "/") for b in binds):
             binds.append(p)
     # The private /tmp and /var/tmp come first: bwrap applies mounts in order, so a package or Python
@@ -248,12 +257,16 @@ def worker_command(sandbox: str, worker_args: list[str]) -> list[str]:
     boundary = SANDBOXES.get(sandbox)
     if boundary is None:
         raise BcoderError(f"unknown sandbox {sandbox!r} (choose one of {', '.join(SANDBOXES)})")
+    import shutil
+
     if boundary.binary and not shutil.which(boundary.binary):
         raise BcoderError(
             f"--sandbox {sandbox}: the {boundary.binary} ({boundary.package}) binary is not on PATH"
         )
     # The environment (worker_env) carries PYTHONPATH to this package and nothing else.
-    py = [sys.executable, "-m", "bcoder_core.execution.worker", *worker_args]
+    # -S: no site (its .pth hooks import what programs never use); the worker puts site-packages on
+    # sys.path itself. Every module with a shared library it loads makes each fork slower.
+    py = [sys.executable, "-S", "-m", "bcoder_core.execution.worker", *worker_args]
     return [*boundary.prefix(), *py] if boundary.prefix else py
 
 
@@ -285,8 +298,10 @@ def _bind_back(hidden: str, needed: list[str], stage_root: str, report: dict) ->
 def _open_traverse(path: str, report: dict) -> None:
     """Add o+x to the ancestors of ``path`` that lack it. Only where writes never reach the host (the
     copy-on-write overlay of ``runsc do``), as the fall-back when bind mounts are not available."""
-    p = Path(path)
-    for anc in [*reversed(p.parents), p]:
+    ancestors = [path]
+    while os.path.dirname(ancestors[-1]) != ancestors[-1]:
+        ancestors.append(os.path.dirname(ancestors[-1]))
+    for anc in reversed(ancestors):
         try:
             st = os.stat(anc)
             if not st.st_mode & 0o001:
@@ -622,7 +637,7 @@ def _fallback_view(tmp_mb: int, fs_overlay: bool, report: dict) -> None:
                 tmpfs.append(d)
     report["private_tmp"] = tmpfs[:1]
     report["tmp_mb"] = tmp_mb
-    needed = [*python_paths(), str(Path(package_root()) / "bcoder_core")]
+    needed = [*python_paths(), os.path.join(package_root(), "bcoder_core")]
     stage_root = "/tmp/.bcoder-stage"
     if "/tmp" in tmpfs:
         for hidden in SECRET_DIRS:
@@ -635,8 +650,7 @@ def _fallback_view(tmp_mb: int, fs_overlay: bool, report: dict) -> None:
             if hidden not in report.get("hidden", []) and fs_overlay:
                 for p in under:
                     _open_traverse(p, report)
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stage_root)
+        remove_tree(stage_root)
 
 
 def can_switch_user(uid: int) -> bool:
@@ -657,72 +671,95 @@ def can_switch_user(uid: int) -> bool:
 # ---------------------------------------------------------------------------------- per program
 
 
-def make_workdir(base: str, uid: int | None) -> str:
-    import tempfile
+def make_private_dir(base: str, prefix: str, mode: int = 0o700) -> str:
+    """A new directory of a random name under ``base`` (``tempfile.mkdtemp`` without ``tempfile``, which
+    would bring ``shutil`` and its compression libraries into the worker)."""
+    for _ in range(100):
+        path = os.path.join(base, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)
+        return path
+    raise FileExistsError(f"no free directory name under {base}")
 
-    path = tempfile.mkdtemp(prefix="prog-", dir=base)
+
+def make_workdir(base: str, uid: int | None) -> str:
+    path = make_private_dir(base, "prog-")
     if uid is not None:
         os.chown(path, uid, uid)
-    os.chmod(path, 0o700)
     return path
 
 
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and everything below it; never follows a symbolic link (what a program left there
+    is removed as it is, by descriptor), never raises, and needs neither recursion nor a descriptor per
+    level: the children of each directory are moved up into ``path`` before it goes, so that a tree of
+    any depth comes apart in about as many steps as it has entries."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    serial = 0
+    try:
+        while True:
+            try:
+                with os.scandir(top) as it:
+                    names = [e.name for e in it]
+            except OSError:
+                break
+            progress = False
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=top)
+                    progress = True
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EISDIR, errno.EPERM):
+                        continue
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    sub = os.open(name, flags, dir_fd=top)
+                except OSError:
+                    continue
+                try:
+                    with contextlib.suppress(OSError):
+                        os.fchmod(sub, 0o700)  # a program may have left it unreadable
+                    with os.scandir(sub) as it:
+                        inner = [e.name for e in it]
+                    for entry in inner:
+                        serial += 1
+                        with contextlib.suppress(OSError):
+                            os.rename(entry, f".rm{serial}", src_dir_fd=sub, dst_dir_fd=top)
+                            progress = True
+                except OSError:
+                    pass
+                finally:
+                    os.close(sub)
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=top)
+                    progress = True
+            if not progress:
+                break
+    finally:
+        os.close(top)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
 def remove_workdir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def enter_child(
-    *, workdir: str, uid: int | None, limits: dict, fds: dict[int, int], env: dict[str, str]
-) -> None:
-    """In a freshly forked child, before any untrusted code: become an isolated program process.
-
-    ``fds`` maps target fd numbers to the fds to place there (stdin/stdout/stderr/private channel);
-    every other descriptor is closed.
-    """
-    os.setsid()
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
-    with contextlib.suppress(ValueError, OSError):
-        signal.set_wakeup_fd(-1)
-    # Put the wanted descriptors in place without clobbering one another, then close the rest.
-    import fcntl
-
-    tmp = {target: fcntl.fcntl(src, fcntl.F_DUPFD, 1000) for target, src in fds.items()}
-    for target, dup in tmp.items():
-        os.dup2(dup, target, inheritable=True)
-    keep = sorted(tmp)
-    low = 0
-    for k in keep:
-        if k > low:
-            os.closerange(low, k)
-        low = k + 1
-    os.closerange(low, 1 << 20)
-    os.chdir(workdir)
-    mem = limits.get("as_bytes")
-    if mem:
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    cpu = limits.get("cpu_s")
-    if cpu:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    for lim, key in (
-        (resource.RLIMIT_FSIZE, "fsize_bytes"),
-        (resource.RLIMIT_NOFILE, "nofile"),
-        (resource.RLIMIT_NPROC, "nproc"),
-    ):
-        value = limits.get(key)
-        if value:
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(lim, (value, value))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the user change, which clears it
-    os.environ.clear()
-    os.environ.update(env)
-    os.umask(0o077)
+    remove_tree(path)
 
 
 def _children_of_self() -> list[int]:
@@ -739,26 +776,71 @@ def _children_of_self() -> list[int]:
     return pids
 
 
-def reap() -> None:
-    """Collect every exited child (the program's and re-parented orphans)."""
+def reap(keep: frozenset[int] = frozenset()) -> set[int]:
+    """Collect every exited child (the program's and re-parented orphans); the ``keep`` pids among them."""
+    gone: set[int] = set()
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return gone
         if pid == 0:
-            return
+            return gone
+        if pid in keep:
+            gone.add(pid)
+
+
+def kill_namespace(keep: frozenset[int] = frozenset(), *, give_up_s: float = 10.0) -> set[int]:
+    """As PID 1 of a PID namespace of its own: SIGKILL every process of the namespace but this one and
+    ``keep`` (the zygote), whatever its user, session or parent, and reap those that come to this process
+    (orphans re-parent to a namespace's init), until none is left. Returns the ``keep`` pids found dead.
+
+    Listed from this namespace's /proc, repeatedly: a process forked while the others were being killed
+    is found on the next round (a process with SIGKILL pending forks no more).
+    """
+    import time
+
+    me = os.getpid()
+    gone: set[int] = set()
+    deadline = time.monotonic() + give_up_s
+    pause = 0.0002
+    while True:
+        victims = [int(p) for p in _listdir("/proc") if p.isdigit() and int(p) != me and int(p) not in keep]
+        if not victims:
+            return gone
+        for p in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        gone |= reap(keep)
+        if time.monotonic() > deadline:  # pragma: no cover - a process SIGKILL does not end
+            return gone
+        # What is left is dying, or a zombie a parent of its own has yet to reap.
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+        gone |= reap(keep)
+
+
+def reset_private_tmp(tmp_mb: int) -> bool:
+    """A fresh tmpfs on /tmp (in the worker's own mount namespace, the allow-listed view): whatever a
+    program left there (files, a tree too deep to walk, a full file system) is gone at once, for good.
+    False when it could not be had (the caller then removes files one by one)."""
+    if _call("umount2", b"/tmp", MNT_DETACH):
+        return False
+    if _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777"):
+        raise OSError("a fresh tmpfs for /tmp was refused after the old one was detached")
+    return True
 
 
 def kill_strays(
     pgid: int, uid: int | None, *, subreaper: bool = True, keep: frozenset[int] = frozenset()
-) -> None:
-    """Kill everything a program may have left behind, then reap it.
+) -> set[int]:
+    """Kill everything a program may have left behind, then reap it (where the worker is not PID 1 of a
+    namespace of its own; there :func:`kill_namespace` does it). Returns the ``keep`` pids found dead.
 
     The program's process group first; then, with the worker a child subreaper, every process left in
-    the worker's subtree (a daemon that left the group with setsid() is re-parented to the worker when
-    its parent dies), repeatedly until none is left. Without a subreaper, every process of the slot's
-    user is killed instead (a helper that becomes that user and signals -1).
+    the worker's subtree but ``keep`` (a daemon that left the group with setsid() is re-parented to the
+    worker when its parent dies), repeatedly until none is left. Without a subreaper, every process of
+    the slot's user is killed instead (a helper that becomes that user and signals -1).
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -786,4 +868,4 @@ def kill_strays(
         for p in strays:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p, 0)
-    reap()
+    return reap(keep)

@@ -1,60 +1,147 @@
-"""The execution worker: a pre-imported zygote that forks one isolated child per program (per test for
-stdin programs), enforces time and output limits, and streams raw outcomes to the parent.
+"""The execution worker: the trusted side of the boundary. It runs programs through its zygote, enforces
+time and output limits, cleans up after every program, and streams raw outcomes to the parent.
 
-Started by the executor as ``python -m bcoder_core.execution.worker SETTINGS_JSON``
+Started by the executor as ``python -S -m bcoder_core.execution.worker SETTINGS_JSON``
 (:class:`~protocol.WorkerSettings`), possibly inside bubblewrap or gVisor. It speaks
 :mod:`bcoder_core.execution.protocol` on its stdin/stdout (moved to private descriptors at start; the
 standard descriptors become /dev/null and stderr): it gets :class:`~protocol.RunJob` messages and
 answers each with :class:`~protocol.TestReport` messages and one :class:`~protocol.JobEnd`. The
 worker never sees expected outputs: it sends what programs printed or returned, and the parent compares.
 What a child did is worked out from what it wrote by :mod:`bcoder_core.execution.replay`.
+
+The worker isolates itself once (:func:`sandbox.setup_worker`: it becomes PID 1 of its own PID
+namespace, its root the allow-listed view), then starts the zygote (:mod:`~bcoder_core.execution.zygote`)
+and never forks a program itself: per program (per test for stdin programs) it writes the job into a
+memfd, creates the program's pipes and asks the zygote for a child. After every program it kills every
+process of its namespace but itself and the zygote, reaps them, and gives the next program a fresh
+private /tmp.
 """
 
 from __future__ import annotations
 
-import ast
+import _socket
 import contextlib
+import fcntl
+import json
+import marshal
 import os
 import select
 import signal
 import sys
 import time
 
-from bcoder_core.execution import child, protocol, replay, sandbox
+from bcoder_core.execution import child, protocol, replay, sandbox, zygote
 
-# Modules programs commonly import, loaded once here so that children get them for free.
-_PRELOAD = [
-    "array",
-    "bisect",
-    "builtins",
-    "collections",
-    "copy",
-    "dataclasses",
-    "datetime",
-    "decimal",
-    "enum",
-    "fractions",
-    "functools",
-    "heapq",
-    "io",
-    "itertools",
-    "json",
-    "math",
-    "numbers",
-    "operator",
-    "random",
-    "re",
-    "statistics",
-    "string",
-    "sys",
-    "threading",
-    "time",
-    "types",
-    "typing",
-    "atexit",
-    "traceback",
-    "unicodedata",
-]
+_PRELOAD_NUMPY = "numpy"
+
+
+class ZygoteError(protocol.ExecutionError):
+    """The zygote died or broke its protocol (a framework failure, never a verdict)."""
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """A memfd holding ``data``, sealed against any change (under gVisor a program can open the worker's
+    descriptors through /proc/1/fd: it may read its own job there, never rewrite it), offset 0."""
+    fd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+class _Zygote:
+    """The worker's side of the zygote: start it, ask it for children, read their wait statuses."""
+
+    def __init__(self, sources: bytes, settings: dict, *, pdeathsig: bool):
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        src = os.memfd_create("bcoder-zygote", 0)
+        view = memoryview(sources)
+        while view:
+            view = view[os.write(src, view) :]
+        os.lseek(src, 0, os.SEEK_SET)
+        keep = sorted({0, 1, 2, src, theirs.fileno()})
+        argv = [
+            sys.executable,
+            "-S",
+            "-I",
+            "-c",
+            zygote.BOOT,
+            str(src),
+            str(theirs.fileno()),
+            json.dumps(settings),
+        ]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in keep:
+                    os.set_inheritable(fd, True)
+                low = 0
+                for fd in keep:
+                    if fd > low:
+                        os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, 1 << 20)
+                if pdeathsig:  # no PID namespace to end it with the worker
+                    sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)
+                os.chdir("/")
+                os.execve(sys.executable, argv, dict(sandbox.SAFE_ENV))
+            finally:
+                os._exit(127)
+        os.close(src)
+        theirs.close()
+        self.sock = ours
+        self.pid = pid
+        self.report_pid = bool(settings.get("report_pid"))
+        ready = self.recv(timeout=120.0)
+        if ready.get("ready") != pid:
+            raise ZygoteError(f"the zygote did not start: {str(ready)[:200]}")
+        self.vm_size = int(ready.get("vm_size") or 0)
+
+    def recv(self, timeout: float) -> dict:
+        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not r:
+            raise ZygoteError("the zygote stopped answering")
+        try:
+            data = self.sock.recv(1 << 16)
+        except OSError as exc:
+            raise ZygoteError(f"the zygote is gone: {exc}") from None
+        if not data:
+            raise ZygoteError("the zygote is gone")
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            raise ZygoteError("the zygote broke its protocol") from None
+        if not isinstance(msg, dict):
+            raise ZygoteError("the zygote broke its protocol")
+        return msg
+
+    def spawn(self, job_fd: int, fds: dict[int, int], *, workdir: str, chan_fd: int, cpu_s: int) -> int:
+        """One child of the zygote running the job of ``job_fd`` with ``fds`` (target -> descriptor)."""
+        req = {"targets": list(fds), "workdir": workdir, "chan_fd": chan_fd, "cpu_s": cpu_s}
+        fd_bytes = b"".join(fd.to_bytes(4, sys.byteorder) for fd in [job_fd, *fds.values()])
+        self.sock.sendmsg([json.dumps(req).encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
+        if not self.report_pid:
+            return 0  # the program's pid comes with its status
+        msg = self.recv(timeout=60.0)
+        if "error" in msg or not isinstance(msg.get("pid"), int):
+            raise ZygoteError(f"the zygote could not start a program: {str(msg.get('error', msg))[:200]}")
+        return msg["pid"]
+
+    def status(self, pid: int, timeout: float) -> int:
+        """The wait status of the program (reaped by the zygote); ``pid`` 0: whichever it started."""
+        msg = self.recv(timeout)
+        if "error" in msg:
+            raise ZygoteError(f"the zygote could not start a program: {str(msg['error'])[:200]}")
+        if (pid and msg.get("pid") != pid) or not isinstance(msg.get("status"), int):
+            raise ZygoteError(f"the zygote broke its protocol: {str(msg)[:200]}")
+        return msg["status"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 class _Stream:
@@ -100,11 +187,7 @@ class Worker:
         self.uid = settings.uid
         self.isolation: dict = {}
         self.tmp_mb = sandbox.tmp_budget_mb(settings.memory_mb)
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_w, False)
-        os.set_blocking(self.wake_r, False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.zygote: _Zygote | None = None
 
     # ------------------------------------------------------------------------------------ protocol
     def recv(self) -> protocol.Message | None:
@@ -130,32 +213,38 @@ class Worker:
             buf = buf[os.write(self.wfd, buf) :]
 
     # ------------------------------------------------------------------------------------ children
-    def limits(self, program_timeout_s: float) -> dict:
+    def zygote_settings(self) -> dict:
+        import site
+
+        preload = list(zygote.PRELOAD) + ([_PRELOAD_NUMPY] if self.settings.preload_numpy else [])
         return {
-            # The budget is shared with the private /tmp (files there are memory too).
-            "as_bytes": sandbox.vm_size_bytes() + (self.settings.memory_mb - self.tmp_mb) * 1024 * 1024,
-            "cpu_s": int(program_timeout_s) + 2,
-            "nproc": self.settings.max_processes,
-            "fsize_bytes": self.settings.max_file_mb * 1024 * 1024,
-            "nofile": self.settings.max_open_files,
+            "uid": self.uid,
+            "limits": {
+                "nproc": self.settings.max_processes,
+                "fsize_bytes": self.settings.max_file_mb * 1024 * 1024,
+                "nofile": self.settings.max_open_files,
+            },
+            # The address space a program may use beyond the zygote's own size; the rest of its memory
+            # budget is its private /tmp (files there are memory too).
+            "budget_bytes": (self.settings.memory_mb - self.tmp_mb) * 1024 * 1024,
+            "env": dict(sandbox.SAFE_ENV),  # the zygote's own (HOME and TMPDIR: the private /tmp)
+            "site_dirs": [d for d in site.getsitepackages() if os.path.isdir(d)],
+            "preload": preload,
+            # Without a PID namespace (or as another user than root) the parent-death signal and the
+            # non-dumpable flag are set by prctl in the zygote and its children.
+            "prctl": not (self.isolation.get("pidns") and os.geteuid() == 0),
+            # With the worker PID 1 of its namespace, a program ends with every process of it but the
+            # worker and the zygote: its pid is not needed before it ends.
+            "report_pid": not self.isolation.get("pidns"),
         }
 
-    def spawn(self, job: protocol.RunJob, workdir: str, fds: dict[int, int], target, *args) -> int:
-        """Fork an isolated child that calls ``target(*args)`` (which never returns)."""
-        limits = self.limits(job.program_timeout_s)
-        env = dict(sandbox.SAFE_ENV)
-        env["HOME"] = workdir
-        env["TMPDIR"] = workdir
-        pid = os.fork()
-        if pid == 0:
-            try:
-                sandbox.enter_child(workdir=workdir, uid=self.uid, limits=limits, fds=fds, env=env)
-                target(*args)
-            except BaseException:
-                pass
-            finally:
-                os._exit(70)
-        return pid
+    def spawn(
+        self, job: protocol.RunJob, job_fd: int, workdir: str, fds: dict[int, int], chan_fd: int
+    ) -> int:
+        """A child of the zygote that runs ``job`` (written in ``job_fd``) with ``fds`` in place."""
+        return self.zygote.spawn(
+            job_fd, fds, workdir=workdir, chan_fd=chan_fd, cpu_s=int(job.program_timeout_s) + 2
+        )
 
     def watch(self, pid: int, streams: dict[int, _Stream], deadline_fn) -> tuple[replay.Ending, int | None]:
         """Wait for ``pid`` while draining ``streams`` (fd -> stream); returns how it ended and its
@@ -163,24 +252,17 @@ class Worker:
         poller = select.poll()
         for fd in streams:
             poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        poller.register(self.wake_r, select.POLLIN)
+        zfd = self.zygote.sock.fileno()
+        poller.register(zfd, select.POLLIN | select.POLLHUP | select.POLLERR)
         open_fds = set(streams)
         while True:
-            try:
-                wpid, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                wpid, status = pid, 0
-            if wpid == pid:
-                return "exited", status
             remaining = deadline_fn() - time.monotonic()
             if remaining <= 0:
                 return "timeout", None
             for fd, _ev in poller.poll(min(remaining, 1.0) * 1000):
-                if fd == self.wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self.wake_r, 512):
-                            pass
-                    continue
+                if fd == zfd:
+                    # The child is reaped (by the zygote): drain what it wrote last in finish().
+                    return "exited", self.program_status(pid, timeout=10.0)
                 if fd not in open_fds:
                     continue
                 try:
@@ -201,14 +283,9 @@ class Worker:
     ) -> tuple[replay.Ending, int | None]:
         """Kill what is left of the program, reap it, and drain what it wrote before that."""
         if status is None:
-            for kill in (os.killpg, os.kill):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    kill(pid, signal.SIGKILL)
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                status = None
-        sandbox.kill_strays(pid, self.uid, subreaper=bool(self.isolation.get("subreaper")))
+            self.kill_program(pid)
+            status = self.program_status(pid, timeout=30.0)
+        self.kill_program(pid)
         for fd, stream in streams.items():
             while not stream.over:
                 try:
@@ -224,60 +301,136 @@ class Worker:
             os.close(fd)
         return ending, status
 
+    def program_status(self, pid: int, timeout: float) -> int:
+        """The program's wait status, from the zygote. Where programs run as the worker's own user (no
+        root) a program can kill the zygote: then the program is killed (its status: killed by SIGKILL)
+        and the zygote started again. Elsewhere a dead zygote is a failure of the framework (raised),
+        never a verdict."""
+        try:
+            return self.zygote.status(pid, timeout)
+        except ZygoteError:
+            if self.uid is not None or os.geteuid() == 0:
+                raise
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        self.zygote.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.zygote.pid, 0)
+        print("bcoder worker: a program killed the zygote; starting another", file=sys.stderr)
+        self.zygote = self.start_zygote()
+        return signal.SIGKILL  # the wait status of a process killed by SIGKILL
+
+    def start_zygote(self) -> _Zygote:
+        return _Zygote(self.sources, self.zygote_settings(), pdeathsig=not self.isolation.get("pidns"))
+
+    def kill_program(self, pid: int) -> None:
+        """SIGKILL the program and everything it started, and reap what comes to the worker.
+
+        With the worker PID 1 of its own namespace: every process of the namespace but the worker and
+        the zygote (:func:`sandbox.kill_namespace`), whatever its user, session or parent. Otherwise the
+        program's process group, then the orphans re-parented to the worker (a child subreaper) or
+        every process of the slot's user (:func:`sandbox.kill_strays`)."""
+        keep = frozenset({self.zygote.pid})
+        if self.isolation.get("pidns"):
+            gone = sandbox.kill_namespace(keep)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            gone = sandbox.kill_strays(
+                pid, self.uid, subreaper=bool(self.isolation.get("subreaper")), keep=keep
+            )
+        if self.zygote.pid in gone and (self.uid is not None or os.geteuid() == 0):
+            # Programs run as another user: they cannot have killed it (else program_status starts
+            # another one when its end shows on the socket).
+            raise ZygoteError("the zygote died")
+
     # ---------------------------------------------------------------------------------------- jobs
     def run_job(self, job: protocol.RunJob) -> None:
         start = time.monotonic()
         try:
-            code = compile_program(job.code, job.format)
+            code = child.compile_program(job.code, job.format)
+            prelude = compile(job.prelude, "prelude.py", "exec") if job.prelude else None
         except BaseException as exc:  # SyntaxError, ValueError (NUL bytes), MemoryError, RecursionError
             self.send(
-                protocol.JobEnd(job.job_id, time.monotonic() - start, compile_error=_compile_message(exc))
+                protocol.JobEnd(
+                    job.job_id, time.monotonic() - start, compile_error=child.compile_message(exc)
+                )
             )
             return
-        prelude = compile(job.prelude, "prelude.py", "exec") if job.prelude else None
+        setup, tests = None, []
+        if job.format == "assert":
+            try:
+                setup = compile(job.setup, "setup.py", "exec") if job.setup else None
+                tests = child.compile_tests(job.asserts or [])
+            except (ValueError, SyntaxError) as exc:
+                msg = str(exc) if isinstance(exc, ValueError) else f"test setup: {child.compile_message(exc)}"
+                self.send(protocol.JobEnd(job.job_id, time.monotonic() - start, load_error=msg))
+                return
         nonce = os.urandom(16).hex()
+        job_fd = self.job_file(job, nonce, code, prelude, setup, tests)
         workdir = sandbox.make_workdir(self.base_dir, self.uid)
         try:
             if job.format == "stdin":
-                aborted, load_error = self.run_stdin(job, nonce, code, prelude, workdir, start), None
+                aborted, load_error = self.run_stdin(job, job_fd, nonce, workdir, start), None
             else:
-                outcome = self.run_inproc(job, nonce, code, prelude, workdir, start)
+                outcome = self.run_inproc(job, job_fd, nonce, workdir, start)
                 aborted, load_error = outcome.aborted, outcome.load_error
                 for report in outcome.tests:
                     self.send(report)
         finally:
-            sandbox.remove_workdir(workdir)
-            self.wipe_private_tmp()
+            os.close(job_fd)
+            self.fresh_private_tmp(workdir)
         self.send(
             protocol.JobEnd(job.job_id, time.monotonic() - start, load_error=load_error, aborted=aborted)
         )
 
+    def job_file(self, job: protocol.RunJob, nonce: str, code, prelude, setup, tests: list) -> int:
+        """A memfd with what the program's process needs of ``job``: its code objects, compiled here once
+        (``marshal``: the zygote runs this same interpreter; the child loads them without compiling),
+        the arguments of a call-based program (stdin texts go one by one to each test's process), never
+        an expected output."""
+        data = {
+            "format": job.format,
+            "nonce": nonce,
+            "code": code,
+            "prelude": prelude,
+            "setup": setup,
+            "tests": tests,
+            "fn_name": job.fn_name,
+            "inputs": job.inputs if job.format == "call" else None,
+            "max_output": job.max_output,
+        }
+        return _sealed_memfd("job", marshal.dumps(data))
+
+    def fresh_private_tmp(self, workdir: str) -> None:
+        """Nothing one program leaves in /tmp reaches the next: a new tmpfs where the view is the worker's
+        own (:func:`sandbox.reset_private_tmp`), else the files removed one by one."""
+        if self.isolation.get("fs_view", "").startswith("allow-list") and sandbox.reset_private_tmp(
+            self.tmp_mb
+        ):
+            os.mkdir(self.base_dir, 0o711)
+            return
+        sandbox.remove_workdir(workdir)
+        self.wipe_private_tmp()
+
     def wipe_private_tmp(self) -> None:
         """Empty the worker's private /tmp-like directories: nothing one program leaves reaches the next."""
-        import shutil
-
         for d in self.isolation.get("private_tmp", ()):
             try:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
             for e in entries:
-                if e.path == self.base_dir:
-                    continue
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        shutil.rmtree(e.path, ignore_errors=True)
-                    else:
-                        os.unlink(e.path)
-                except OSError:
-                    pass
+                if e.path != self.base_dir:
+                    sandbox.remove_tree(e.path)
 
     def _chan_fd(self) -> int:
         # A number the program cannot know in advance: it has to search for the channel to forge on it.
         return 200 + int.from_bytes(os.urandom(2), "big") % 700
 
     def run_stdin(
-        self, job: protocol.RunJob, nonce: str, code, prelude, workdir: str, start: float
+        self, job: protocol.RunJob, job_fd: int, nonce: str, workdir: str, start: float
     ) -> str | None:
         """One process per test, each report sent as it completes; returns why the rest did not run."""
         program_deadline = start + job.program_timeout_s
@@ -285,19 +438,17 @@ class Worker:
             if time.monotonic() >= program_deadline:
                 return f"program time limit of {job.program_timeout_s:g} s reached before test {i}"
             t0 = time.monotonic()
-            in_fd = os.memfd_create("stdin", 0)
-            view = memoryview(str(text).encode("utf-8", "surrogateescape"))
-            while view:
-                view = view[os.write(in_fd, view) :]
-            os.lseek(in_fd, 0, os.SEEK_SET)
+            in_fd = _sealed_memfd("stdin", str(text).encode("utf-8", "surrogateescape"))
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             chan_r, chan_w = os.pipe()
             chan_fd = self._chan_fd()
             fds = {0: in_fd, 1: out_w, 2: err_w, chan_fd: chan_w}
-            pid = self.spawn(job, workdir, fds, child.run_stdin, nonce, code, prelude, chan_fd)
-            for fd in (in_fd, out_w, err_w, chan_w):
-                os.close(fd)
+            try:
+                pid = self.spawn(job, job_fd, workdir, fds, chan_fd)
+            finally:
+                for fd in (in_fd, out_w, err_w, chan_w):
+                    os.close(fd)
             for fd in (out_r, err_r, chan_r):
                 os.set_blocking(fd, False)
             out, err, chan = _Stream(job.max_output, fatal=True), _Stream(4096), _Stream(4096)
@@ -320,34 +471,19 @@ class Worker:
         return None
 
     def run_inproc(
-        self, job: protocol.RunJob, nonce: str, code, prelude, workdir: str, start: float
+        self, job: protocol.RunJob, job_fd: int, nonce: str, workdir: str, start: float
     ) -> replay.Replay:
         """call / assert: one child runs the program once and then every test, reporting as it goes."""
         n_tests = len(job.inputs or []) if job.format == "call" else len(job.asserts or [])
         chan_fd = self._chan_fd()
-        if job.format == "assert":
-            setup = compile(job.setup, "setup.py", "exec") if job.setup else None
-            asserts = []
-            for k, a in enumerate(job.asserts or []):
-                try:
-                    if isinstance(a, dict):
-                        exprs = a.get("eval")
-                        if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
-                            raise ValueError("malformed test")
-                        asserts.append(tuple(compile(e, f"test_{k}.py", "eval") for e in exprs))
-                    else:
-                        asserts.append(compile(a, f"test_{k}.py", "exec"))
-                except BaseException as exc:
-                    return replay.Replay(load_error=f"test {k} does not compile: {_compile_message(exc)}")
-            target, args = child.run_assert, (nonce, code, prelude, chan_fd, setup, asserts, job.max_output)
-        else:
-            target, args = child.run_call, (job, nonce, code, prelude, chan_fd)
         chan_r, chan_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
         t0 = time.monotonic()
-        pid = self.spawn(job, workdir, {0: null, 1: null, 2: null, chan_fd: chan_w}, target, *args)
-        os.close(chan_w)
-        os.close(null)
+        try:
+            pid = self.spawn(job, job_fd, workdir, {0: null, 1: null, 2: null, chan_fd: chan_w}, chan_fd)
+        finally:
+            os.close(chan_w)
+            os.close(null)
         os.set_blocking(chan_r, False)
         chan = _Stream((job.max_output + 65536) * max(1, n_tests), nonce=nonce)
         program_deadline = start + job.program_timeout_s
@@ -374,57 +510,41 @@ class Worker:
 
     # ---------------------------------------------------------------------------------------- main
     def serve(self) -> None:
-        import tempfile
-
+        # The zygote's sources, read while the host's files are in view (the view does not hold them).
+        self.sources = zygote.sources()
         # A cgroup, where there is one to have, bounds everything the worker and its programs hold: the
-        # worker itself, one program at a time (its processes, its tmpfs files), some slack.
-        cgroup_limit = sandbox.vm_size_bytes() // 2 + (self.settings.memory_mb + 64) * 1024 * 1024
+        # worker itself, the zygote, one program at a time (its processes, its tmpfs files), some slack.
+        cgroup_limit = sandbox.vm_size_bytes() + (self.settings.memory_mb + 64) * 1024 * 1024
         self.isolation = sandbox.setup_worker(
             tmp_size_mb=self.tmp_mb, memory_limit_bytes=cgroup_limit, fs_overlay=self.settings.fs_overlay
         )
         self.uid = self.uid if self.uid is not None and sandbox.can_switch_user(self.uid) else None
         self.isolation["user"] = self.uid
-        self.base_dir = tempfile.mkdtemp(prefix="bcoder-work-")
-        os.chmod(self.base_dir, 0o711)
-        self.isolation["vm_size_mb"] = sandbox.vm_size_bytes() // (1024 * 1024)
+        # Inherited by the zygote and every program: no execve can gain privileges (set-uid files).
+        self.isolation["no_new_privs"] = sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1) == 0
+        self.base_dir = sandbox.make_private_dir("/tmp", "bcoder-work-", 0o711)
+        self.zygote = self.start_zygote()
+        self.isolation["zygote_pid"] = self.zygote.pid
+        self.isolation["vm_size_mb"] = self.zygote.vm_size // (1024 * 1024)
         self.send(protocol.Hello(os.getpid(), self.isolation))
-        while True:
-            job = self.recv()
-            if not isinstance(job, protocol.RunJob):
-                break
-            self.run_job(job)
+        try:
+            while True:
+                job = self.recv()
+                if not isinstance(job, protocol.RunJob):
+                    break
+                self.run_job(job)
+        finally:
+            self.zygote.close()
 
 
-class _ModuleReturn(ast.NodeTransformer):
-    """``return`` at module level -> ``raise SystemExit`` (functions and classes are left alone)."""
+def _site_packages_on_path() -> None:
+    """The worker starts with ``-S``: site-packages goes on ``sys.path`` without running its ``.pth``
+    hooks (programs may import the ``sandbox.CHILD_PACKAGES`` found there)."""
+    import site
 
-    def visit_FunctionDef(self, node):
-        return node
-
-    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
-
-    def visit_Return(self, node):
-        new = ast.parse("raise SystemExit").body[0]
-        return ast.copy_location(new, node)
-
-
-def compile_program(source: str, fmt: str):
-    """Compile a program. A stdin program may ``return`` at module level to end (the APPS harness runs
-    stdin programs inside a function, so APPS solutions and models trained on them do this): that
-    ``return`` ends the script like ``sys.exit()``, and nothing else about script semantics changes."""
-    try:
-        return compile(source, "solution.py", "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        if fmt != "stdin" or exc.msg != "'return' outside function":
-            raise
-        tree = _ModuleReturn().visit(ast.parse(source, "solution.py"))
-        return compile(ast.fix_missing_locations(tree), "solution.py", "exec", dont_inherit=True)
-
-
-def _compile_message(exc: BaseException) -> str:
-    if isinstance(exc, SyntaxError):
-        return f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"[:300]
-    return f"{type(exc).__name__}: {exc}"[:300]
+    for d in site.getsitepackages():
+        if os.path.isdir(d) and d not in sys.path:
+            sys.path.append(d)
 
 
 def main() -> None:
@@ -437,12 +557,7 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(2, 1)
     os.close(null)
-    for name in _PRELOAD:
-        with contextlib.suppress(ImportError):
-            __import__(name)
-    if settings.preload_numpy:
-        with contextlib.suppress(ImportError):
-            import numpy  # noqa: F401
+    _site_packages_on_path()
     Worker(rfd, wfd, settings).serve()
 
 

@@ -23,10 +23,13 @@ the full program's reward. The counts (ground truth / generated) are printed and
 store's metadata. (Sampling with ``--max-new-tokens`` ≤ max_target_tokens − 1 keeps generated
 programs under the limit, up to re-tokenisation differences.)
 
-Efficiency: programs are processed in windows of ``window_batches`` batches, sorted by (problem,
-length) inside a window, so a batch holds few distinct prompts (the encoder runs once per distinct
-prompt, its states are shared by that prompt's programs) and little padding. Memory stays flat: the
-samples file is streamed, and the store is written shard by shard.
+Efficiency: programs are processed in windows of ``window_batches`` batches, batched by length
+inside a window (:func:`batch_positions`). A T5 groups them by problem (the encoder runs once per
+distinct prompt, its states are shared by that prompt's programs), a problem's programs by length
+and the problems by their median length, so a batch holds few distinct prompts and little padding;
+a causal LM, whose every row runs its own prompt, cuts them by program and prompt length as the
+training stages do (DESIGN §2.7). Memory stays flat: the samples file is streamed, and the store is
+written shard by shard.
 """
 
 from __future__ import annotations
@@ -208,15 +211,69 @@ class _Programs:
             yield _Item(self.index[pid], sid, ids, results[(pid, sid)], False)
 
 
-def windows(items: Iterable[_Item], batch_size: int, window_batches: int) -> Iterator[list[_Item]]:
-    """Batches of ``items``: each window of batch_size × window_batches items sorted by (problem, length)."""
+BATCH_ORDERS = ("problem", "length")
+"""How a window's programs are batched (:func:`batch_positions`)."""
+
+
+def batch_order_for(model: Any) -> str:
+    """``problem`` for a T5 (its encoder runs once per distinct prompt of a batch: a problem's
+    programs together save encoder work), ``length`` for a causal LM (every row runs its prompt)."""
+    return "problem" if getattr(model, "family", "t5") == "t5" else "length"
+
+
+def batch_positions(
+    problems: Sequence[int],
+    programs: Sequence[int],
+    prompts: Sequence[int] | None,
+    batch_size: int,
+    by: str = "problem",
+) -> list[int]:
+    """Positions of a window's programs in batching order (cut every ``batch_size``; DESIGN §2.7).
+
+    ``problem``: grouped by problem, a problem's programs by length (then position), the problems
+    ordered by their median program length in the window (then index), so that a batch spanning
+    two problems joins programs of similar lengths. ``length``: the training stages' 2-D length cut
+    (``train.samplers.batch_order``: program length, then prompt length in groups), problems mixed;
+    needs the ``prompts`` lengths. Deterministic.
+    """
+    n = len(problems)
+    if n == 0:
+        return []
+    problem = np.asarray(problems, dtype=np.int64)
+    program = np.asarray(programs, dtype=np.int64)
+    if by == "length":
+        from bcoder_core.train.samplers import batch_order, length_keys
+
+        prompt = np.asarray(prompts if prompts is not None else np.zeros(n), dtype=np.int64)
+        return batch_order(np.arange(n), length_keys(program, prompt), batch_size).tolist()
+    if by != "problem":
+        raise BcoderError(f"batch order {by!r}: expected one of {', '.join(BATCH_ORDERS)}")
+    uniq, inverse = np.unique(problem, return_inverse=True)
+    median = np.array([np.median(program[inverse == u]) for u in range(len(uniq))])[inverse]
+    return np.lexsort((np.arange(n), program, problem, median)).tolist()
+
+
+def windows(
+    items: Iterable[_Item],
+    batch_size: int,
+    window_batches: int,
+    *,
+    by: str = "problem",
+    prompt_len: Any = None,
+) -> Iterator[list[_Item]]:
+    """Batches of ``items``: each window of batch_size × window_batches items in the order of
+    :func:`batch_positions` (``prompt_len(problem)``: prompt lengths, for ``by="length"``)."""
     size = batch_size * window_batches
     buf: list[_Item] = []
 
     def flush() -> Iterator[list[_Item]]:
-        buf.sort(key=lambda it: (it.problem, len(it.ids)))
-        for i in range(0, len(buf), batch_size):
-            yield buf[i : i + batch_size]
+        prompts = [prompt_len(it.problem) for it in buf] if by == "length" else None
+        order = batch_positions(
+            [it.problem for it in buf], [len(it.ids) for it in buf], prompts, batch_size, by
+        )
+        ordered = [buf[i] for i in order]
+        for i in range(0, len(ordered), batch_size):
+            yield ordered[i : i + batch_size]
         buf.clear()
 
     for it in items:
@@ -315,7 +372,10 @@ def annotate_items(
 ) -> Iterator[Transition]:
     """Transition records of ``items`` (in the order of their sorted windows)."""
     with_phi = model.has_phi
-    for batch in windows(items, cfg.batch_size, cfg.window_batches):
+    by = batch_order_for(model)
+    for batch in windows(
+        items, cfg.batch_size, cfg.window_batches, by=by, prompt_len=lambda k: len(prompt_of(k))
+    ):
         with autocast_context(device, dtype):
             cols = annotate_batch(model, batch, prompt_of, pad_id, device, cfg.alpha)
         for b, it in enumerate(batch):

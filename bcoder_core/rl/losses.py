@@ -25,6 +25,12 @@ vocabulary is kept. Loss arithmetic is in fp32 whatever the autocast dtype.
 Each loss returns ``(loss, stats)``; ``stats`` is a dict of floats: ``loss`` and every term
 ``loss_<term>`` (theta: ``loss_q``, ``loss_adv``, and ``loss_ce`` unless β_ce = 0; phi: ``loss_v``), ``q_mean``, ``v_mean``, ``adv_mean`` (token means over the batch), ``tokens`` and
 ``gt_tokens``. They are read from the device with a single synchronisation.
+
+**A micro-batch of a global batch** carries ``loss_norm`` = ``{"tokens": N, "gt_tokens": N_gt}``
+(``train.step.train_step`` sets it): every token mean divides by those counts of the whole global
+batch (per rank, DDP averaging the ranks) instead of the micro-batch's own, so the micro-batches'
+losses and mean statistics *sum* to the token means of the global batch, exactly as one big batch
+would give them, however the programs are grouped (DESIGN §2.7). The counts stay per batch.
 """
 
 from __future__ import annotations
@@ -174,9 +180,17 @@ def _shift_left(x: Tensor, nxt: Tensor) -> Tensor:
     return out * nxt
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+def _masked_mean(x: Tensor, mask: Tensor, denom: float | None = None) -> Tensor:
+    """Σ x over ``mask`` divided by ``denom``, or by the mask's count when ``denom`` is None."""
     m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp_min(1.0)
+    return (x * m).sum() / (m.sum().clamp_min(1.0) if denom is None else denom)
+
+
+def _norm(batch: dict[str, Any], key: str) -> float | None:
+    """The denominator of a token mean over a whole global batch (``loss_norm[key]``, set by
+    ``train_step`` on each micro-batch), or None: the mean is over this batch's own tokens."""
+    norm = batch.get("loss_norm")
+    return None if norm is None else float(norm[key])
 
 
 def _check_contiguous(labels: Tensor, masks: dict[str, Tensor]) -> None:
@@ -225,7 +239,7 @@ def sft_loss(model: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float
     logits = m.sft_logits(input_ids, attention_mask, labels)
     masks = token_masks(labels)
     l_a, _, _, lse = token_logit_stats(logits, masks["safe"], need_lse=True)
-    loss = _masked_mean(lse - l_a, masks["mask"])
+    loss = _masked_mean(lse - l_a, masks["mask"], _norm(batch, "tokens"))
     return loss, _stats(loss=loss, loss_ce=loss, tokens=masks["mask"].sum())
 
 
@@ -243,14 +257,15 @@ def phi_loss(
     q = ckpt_adv.float() + v
     target = masks["r"] + gamma * _shift_left(v.detach(), masks["next"])
     mask = masks["mask"]
-    loss = _masked_mean((target - q) ** 2, mask)
+    n = _norm(batch, "tokens")
+    loss = _masked_mean((target - q) ** 2, mask, n)
     gt_tokens = (mask & batch["is_gt"].bool()[:, None]).sum() if "is_gt" in batch else 0
     return loss, _stats(
         loss=loss,
         loss_v=loss,
-        q_mean=_masked_mean(q.detach(), mask),
-        v_mean=_masked_mean(v.detach(), mask),
-        adv_mean=_masked_mean(ckpt_adv.float(), mask),
+        q_mean=_masked_mean(q.detach(), mask, n),
+        v_mean=_masked_mean(v.detach(), mask, n),
+        adv_mean=_masked_mean(ckpt_adv.float(), mask, n),
         tokens=mask.sum(),
         gt_tokens=gt_tokens,
     )
@@ -288,19 +303,20 @@ def theta_loss(
     q = adv + v
     q_greedy = alpha * (l_g - l_max) + v  # Q_θ(s_t, â_t), â_t = checkpoint's greedy token
     target = masks["r"] + gamma * _shift_left(q_greedy.detach(), nxt)
-    loss_q = _masked_mean((target - q) ** 2, mask)
-    loss_adv = _masked_mean(adv.abs(), gt)
+    n, n_gt = _norm(batch, "tokens"), _norm(batch, "gt_tokens")
+    loss_q = _masked_mean((target - q) ** 2, mask, n)
+    loss_adv = _masked_mean(adv.abs(), gt, n_gt)
     terms = {"loss_q": loss_q, "loss_adv": loss_adv}
     loss = beta_q * loss_q + beta_adv * loss_adv
     if beta_ce != 0.0:  # the logsumexp is only computed when L_ce is part of the loss
-        terms["loss_ce"] = _masked_mean(lse - l_a, gt)
+        terms["loss_ce"] = _masked_mean(lse - l_a, gt, n_gt)
         loss = loss + beta_ce * terms["loss_ce"]
     return loss, _stats(
         loss=loss,
         **terms,
-        q_mean=_masked_mean(q.detach(), mask),
-        v_mean=_masked_mean(v.detach(), mask),
-        adv_mean=_masked_mean(adv.detach(), mask),
+        q_mean=_masked_mean(q.detach(), mask, n),
+        v_mean=_masked_mean(v.detach(), mask, n),
+        adv_mean=_masked_mean(adv.detach(), mask, n),
         tokens=mask.sum(),
         gt_tokens=gt.sum(),
     )

@@ -18,14 +18,16 @@ first ``max_target_tokens`` tokens, the last of them treated as terminal, and fl
 it is not comparable with full scores; raise the limit to score them fully (memory grows with the
 length: the pass materialises [B, T, V] logits).
 
-Efficiency: samples are streamed in windows; inside a window they are sorted by (problem, length)
-so a batch holds few distinct prompts (the encoder runs once per distinct prompt; the decoders'
-padding stays small), then written back in file order.
+Efficiency: samples are streamed in windows; inside a window they are batched by length as
+``annotate`` batches (``annotate.batch_positions``: a T5 by problem, a problem's samples by length
+and the problems by median length, so a batch holds few distinct prompts — the encoder runs once
+per distinct prompt — and little padding; a causal LM by program and prompt length), then written
+back in file order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,21 @@ def score_batch(
     return scores.float().cpu().tolist()
 
 
+def scoring_batches(
+    keys: Sequence[tuple[int, int]],
+    batch_size: int,
+    by: str = "problem",
+    prompts: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """A window's scoring batches: positions of its samples, whose ``keys`` are (problem index,
+    program length), in ``annotate.batch_positions``' order ``by`` (``prompts``: the prompt
+    lengths, for ``length``), cut into ``batch_size`` runs."""
+    from bcoder_core.rl.annotate import batch_positions
+
+    order = batch_positions([k[0] for k in keys], [k[1] for k in keys], prompts, batch_size, by)
+    return [order[b0 : b0 + batch_size] for b0 in range(0, len(order), batch_size)]
+
+
 def score_samples(
     model,
     tokenizer,
@@ -102,7 +119,7 @@ def score_samples(
 ) -> Iterator[dict]:
     """Yield each sample (a new dict: its fields + ``score``), in input order."""
     from bcoder_core.model.family import get_family
-    from bcoder_core.rl.annotate import PromptCache, autocast_context
+    from bcoder_core.rl.annotate import PromptCache, autocast_context, batch_order_for
 
     family = get_family(model.family)
     summary = summary if summary is not None else RankSummary()
@@ -111,6 +128,7 @@ def score_samples(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     seen_problems: set[int] = set()
     window_size = cfg.batch_size * cfg.window_batches
+    by = batch_order_for(model)
 
     def flush(window: list[dict]) -> Iterator[dict]:
         keyed = []
@@ -128,10 +146,10 @@ def score_samples(
                 summary.truncated += 1
             keyed.append((index[pid], len(ids), n, np.asarray(ids, dtype=np.int64), truncated))
             seen_problems.add(index[pid])
-        keyed.sort(key=lambda x: (x[0], x[1], x[2]))
         scores: dict[int, float] = {}
-        for b0 in range(0, len(keyed), cfg.batch_size):
-            chunk = keyed[b0 : b0 + cfg.batch_size]
+        prompts = [len(prompt_of(c[0])) for c in keyed] if by == "length" else None
+        for positions in scoring_batches([(c[0], c[1]) for c in keyed], cfg.batch_size, by, prompts):
+            chunk = [keyed[n] for n in positions]
             with autocast_context(device, dtype):
                 got = score_batch(
                     model, [c[3] for c in chunk], [c[0] for c in chunk], prompt_of, pad, device, cfg

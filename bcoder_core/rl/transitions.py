@@ -409,6 +409,7 @@ class TransitionStore:
         self._starts = _offsets(np.array(counts, dtype=np.int64))
         self._cache: OrderedDict[int, _Shard] = OrderedDict()
         self._gt_mask: np.ndarray | None = None
+        self._lengths: np.ndarray | None = None
         self.shard_loads = 0
         """How many times a shard was opened (for tests and diagnostics)."""
 
@@ -512,6 +513,26 @@ class TransitionStore:
                 _check_count(path, len(parts[-1]), s)
             self._gt_mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
         return self._gt_mask
+
+    def record_lengths(self) -> np.ndarray:
+        """Int64 [len(store), 2]: each record's program and prompt length in tokens (the sort keys
+        of length-bucketed batches), read shard by shard from the offsets alone."""
+        if self._lengths is None:
+            from safetensors import SafetensorError, safe_open
+
+            parts = []
+            for s in self._shard_info:
+                path = self._file(s)
+                try:
+                    with safe_open(str(path), framework="np") as f:
+                        program = np.diff(f.get_tensor("program_offsets"))
+                        prompt = np.diff(f.get_tensor("prompt_offsets"))[f.get_tensor("prompt_index")]
+                except (OSError, SafetensorError, KeyError, IndexError) as exc:
+                    raise _unreadable_shard(path, exc) from None
+                _check_count(path, len(program), s)
+                parts.append(np.stack([program, prompt], axis=1).astype(np.int64))
+            self._lengths = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+        return self._lengths
 
     def gt_indices(self) -> np.ndarray:
         return np.flatnonzero(self.is_gt_mask()).astype(np.int64)

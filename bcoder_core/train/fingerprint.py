@@ -44,6 +44,10 @@ EXEMPT = frozenset(
 )  # fmt: skip
 """Top-level keys (a section: all its keys) that do not change the weights (module docstring)."""
 
+BEFORE = {"length_bucketing": "off"}
+"""Keys added to the config whose default is not what runs did before them: a checkpoint that does
+not record such a key ran with this value (not the default)."""
+
 
 def settings(cfg: Any) -> dict[str, Any]:
     """The dotted keys of ``cfg`` that change what a run computes, with their values (JSON-able)."""
@@ -81,7 +85,8 @@ def check_resume(ckpt: Path, cfg: Any, where: str) -> None:
     """Raise BcoderError unless ``cfg`` may continue the run whose checkpoint is ``ckpt``.
 
     ``where`` is the run's output, named in the message. A key the checkpoint does not record (added
-    to the config after it was written) matches when the run keeps its default.
+    to the config after it was written) matches when the run keeps its default, or the value of
+    :data:`BEFORE` for a key whose default changed what runs do (``length_bucketing``: off).
     """
     meta = json.loads((ckpt / "trainer_state.json").read_text())
     stage = _stage_of(cfg)
@@ -103,7 +108,7 @@ def check_resume(ckpt: Path, cfg: Any, where: str) -> None:
         return
     diffs = []
     for key, value in now.items():
-        old = saved[key] if key in saved else _default(type(cfg), key)
+        old = saved[key] if key in saved else BEFORE.get(key, _default(type(cfg), key))
         if old != value:
             diffs.append(f"{key} was {old!r}, now {value!r}")
     if diffs:

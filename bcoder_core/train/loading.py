@@ -28,19 +28,29 @@ def mixed_sampler(store: Any, cfg: PhiConfig | ThetaConfig, info: DistInfo, stag
     (DESIGN §2.7); logs what the stage trains on."""
     global_batch = global_batch_size(cfg, info)
     sampler = MixedBatchSampler(
-        store, global_batch, cfg.rho_real, cfg.seed, rank=info.rank, world_size=info.world_size
-    )
+        store, global_batch, cfg.rho_real, cfg.seed, rank=info.rank, world_size=info.world_size,
+        grad_accum=cfg.grad_accum, bucketing=cfg.length_bucketing, bucket_window=cfg.bucket_window,
+    )  # fmt: skip
     log.info(
-        "%s: %d programs (%d ground truth, %d generated), global batch %d = %d x %d x %d ranks",
+        "%s: %d programs (%d ground truth, %d generated), global batch %d = %d x %d x %d ranks, "
+        "length bucketing %s",
         stage, len(store), store.num_gt, store.num_generated, global_batch, cfg.batch_size,
-        cfg.grad_accum, info.world_size,
+        cfg.grad_accum, info.world_size, bucketing_label(cfg),
     )  # fmt: skip
     return sampler
 
 
+def bucketing_label(cfg: TrainConfig) -> str:
+    """How the log names the length bucketing of ``cfg``."""
+    if cfg.length_bucketing == "window":
+        return f"window ({cfg.bucket_window} batches)"
+    return cfg.length_bucketing
+
+
 def store_loader(store: Any, grad_accum: int, pad_id: int) -> Callable[[list[int]], list[dict]]:
     """A thread-safe ``load(indices)`` for :class:`Prefetcher`: records of the transition store
-    ``store`` (one reader per thread), split into ``grad_accum`` micro-batches and collated."""
+    ``store`` (one reader per thread), split into ``grad_accum`` micro-batches and collated (the
+    sampler's layout of the global batch makes the split length-grouped when bucketing is on)."""
     from bcoder_core.rl.transitions import collate
 
     local = threading.local()

@@ -21,7 +21,7 @@ from bcoder_core import storage
 from bcoder_core.config import SFTConfig
 from bcoder_core.errors import BcoderError
 from bcoder_core.train import setup
-from bcoder_core.train.loading import Prefetcher, global_batch_size
+from bcoder_core.train.loading import Prefetcher, bucketing_label, global_batch_size
 from bcoder_core.train.logs import log
 from bcoder_core.train.progress import Progress, TrainResult
 from bcoder_core.train.samplers import EpochSampler
@@ -71,6 +71,13 @@ def build_pairs(problems: list, tokenizer: Any, cfg: SFTConfig, family: str = "t
                 continue
             pairs.append(Pair(prompt_ids, program))
     return pairs, dropped
+
+
+def pair_lengths(pairs: list[Pair]) -> Any:
+    """The length-bucketing sort keys [n, 2] of ``pairs``: program, then prompt length."""
+    from bcoder_core.train.samplers import length_keys
+
+    return length_keys([len(p.program_ids) for p in pairs], [len(p.prompt_ids) for p in pairs])
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
@@ -143,10 +150,16 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
         with setup.join_ranks(STAGE, cfg) as info:
             pairs, dropped = build_pairs(problems, tokenizer, cfg, family)
             global_batch = global_batch_size(cfg, info)
-            sampler = EpochSampler(len(pairs), global_batch, cfg.seed, info.rank, info.world_size)
+            sampler = EpochSampler(
+                len(pairs), global_batch, cfg.seed, info.rank, info.world_size,
+                lengths=pair_lengths(pairs), grad_accum=cfg.grad_accum,
+                bucketing=cfg.length_bucketing, bucket_window=cfg.bucket_window,
+            )  # fmt: skip
             log.info(
-                "sft: %d problems, %d pairs (%d dropped: program > %d tokens), global batch %d",
+                "sft: %d problems, %d pairs (%d dropped: program > %d tokens), global batch %d, "
+                "length bucketing %s",
                 len(problems), len(pairs), dropped, cfg.max_target_tokens, global_batch,
+                bucketing_label(cfg),
             )  # fmt: skip
             pad_id = tokenizer.pad_token_id or 0
 

@@ -63,7 +63,9 @@ def split_micro(items: Sequence[Any], parts: int) -> list[list[Any]]:
 
     Strided (``items[j::parts]``) so that micro-batch j of rank r holds global positions
     ``r + j·W (mod W·A)``: a run with W ranks and accumulation A then sees exactly the micro-batches
-    of a single process with accumulation W·A (tests/test_train_ddp.py relies on it).
+    of a single process with accumulation W·A (tests/test_train_ddp.py relies on it). With length
+    bucketing the sampler lays the global batch out so that these are its runs of similar lengths
+    (``samplers.deal``).
     """
     return [list(items[j::parts]) for j in range(parts)]
 
@@ -80,6 +82,30 @@ def global_grad_norm(params: Sequence[nn.Parameter], clip: float) -> float:
         return 0.0
     max_norm = clip if clip > 0 else math.inf
     return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True))
+
+
+def loss_norm(micro: Sequence[dict], world_size: int, device: torch.device) -> dict[str, float]:
+    """The denominators that make a step's loss the token mean of its whole global batch.
+
+    ``tokens``: the global batch's program tokens, ``gt_tokens``: its ground-truth program tokens
+    (0 without ``is_gt``), summed over this rank's micro-batches and, when distributed, over the
+    ranks (one small all-reduce); both divided by the world size, because DDP averages the ranks'
+    gradients. Each micro-batch's loss then is its share of the global token mean and the shares
+    sum to it (``rl.losses``: ``loss_norm``), whatever programs share a micro-batch.
+    """
+    counts = [0, 0]
+    for m in micro:
+        real = m["labels"] != -100
+        counts[0] += int(real.sum())
+        if "is_gt" in m:
+            counts[1] += int((real & m["is_gt"].bool()[:, None]).sum())
+    if world_size > 1:
+        import torch.distributed as torch_dist
+
+        t = torch.tensor(counts, dtype=torch.float64, device=device)
+        torch_dist.all_reduce(t)
+        counts = t.tolist()
+    return {"tokens": max(counts[0], 1) / world_size, "gt_tokens": max(counts[1], 1) / world_size}
 
 
 def count_tokens(batch: dict) -> int:
@@ -101,6 +127,7 @@ class TrainParts:
     bf16: bool
     grad_accum: int
     grad_clip: float
+    world_size: int = 1
 
     def drop_ddp(self) -> None:
         """Free DDP (and its reducer's hold on the process group) while every rank is still here: a
@@ -119,8 +146,9 @@ def setup_training(model: Any, loss_fn: Callable, stage: str, cfg: TrainConfig, 
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
     bf16 = use_bf16(cfg, info)
     return TrainParts(
-        net, params, optimizer, scheduler, info.device, bf16, cfg.grad_accum, cfg.optim.grad_clip
-    )
+        net, params, optimizer, scheduler, info.device, bf16, cfg.grad_accum, cfg.optim.grad_clip,
+        info.world_size,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +156,9 @@ class StepResult:
     """What one optimiser step reports to the step log."""
 
     stats: dict[str, float]
-    """The loss terms and statistics, averaged over the micro-batches."""
+    """The loss terms and mean statistics: token means over the global batch (this rank's share
+    of them when distributed: their mean over the ranks is the global one); ``tokens`` and
+    ``gt_tokens``: program tokens of this rank's part."""
     tokens: int
     """Prompt + program tokens this rank trained on."""
     grad_norm: float
@@ -138,23 +168,35 @@ class StepResult:
     """Wall time of the step, loading its batch included."""
 
 
+def accumulate(parts: TrainParts, micro: Sequence[dict]) -> tuple[dict[str, float], int]:
+    """Backward of every micro-batch of one step into the parameters' ``.grad``: the gradient of
+    the global batch's token-mean loss (:func:`loss_norm`), as one big batch would give it.
+
+    Returns the summed stats (token means of the global batch, this rank's counts) and the
+    prompt + program tokens of this rank.
+    """
+    norm = loss_norm(micro, parts.world_size, parts.device)
+    stats_sum: dict[str, float] = {}
+    tokens = 0
+    for j, part in enumerate(micro):
+        tokens += count_tokens(part)  # on the host copy: no device sync
+        batch = {**to_device(part, parts.device), "loss_norm": norm}
+        with no_sync(parts.net, last=j == len(micro) - 1):  # DDP all-reduces on the last only
+            with autocast(parts.bf16, parts.device):
+                loss, stats = parts.net(batch)
+            loss.backward()  # already this micro-batch's share of the global token mean
+        for k, v in stats.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+    return stats_sum, tokens
+
+
 def train_step(parts: TrainParts, loader: Prefetcher, step: int) -> StepResult:
     """Load batch ``step`` (0-based), accumulate its micro-batches' gradients and take one optimiser
     and schedule step."""
     t0 = time.perf_counter()
     micro = loader.get(step)
     parts.optimizer.zero_grad(set_to_none=True)
-    stats_sum: dict[str, float] = {}
-    tokens = 0
-    for j, part in enumerate(micro):
-        tokens += count_tokens(part)  # on the host copy: no device sync
-        batch = to_device(part, parts.device)
-        with no_sync(parts.net, last=j == len(micro) - 1):  # DDP all-reduces on the last only
-            with autocast(parts.bf16, parts.device):
-                loss, stats = parts.net(batch)
-            (loss / parts.grad_accum).backward()
-        for k, v in stats.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + float(v) / len(micro)
+    stats_sum, tokens = accumulate(parts, micro)
     grad_norm = global_grad_norm(parts.params, parts.grad_clip)
     lr = parts.scheduler.get_last_lr()[0]
     parts.optimizer.step()

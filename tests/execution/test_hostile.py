@@ -177,8 +177,11 @@ HOSTILE: dict[str, tuple[str, str]] = {
     ),
     "list_processes": (
         "ok",
+        # The worker (PID 1) and its zygote are trusted; under gVisor, which ignores hidepid, a program
+        # sees them (both root, their memory and descriptors out of its reach: see the shared-sandbox
+        # attacks below); elsewhere it sees neither.
         "import os\nme = os.getpid()\nothers = []\nfor p in os.listdir('/proc'):\n"
-        "    if p.isdigit() and int(p) not in (me, 1):\n        others.append(p)\n"
+        "    if p.isdigit() and int(p) not in (me, *{trusted!r}):\n        others.append(p)\n"
         "print('SEEN ' + ' '.join(others) if others else 'ok')\n",
     ),
     "tmp_flood": (
@@ -381,6 +384,7 @@ def hostile_run(request, tmp_path_factory):
         "port": listener.port,
         "tag": TAG,
         "sleep": 1.9,
+        "trusted": [1, 2],
     }
     samples = []
     for k, (name, (pid, code)) in enumerate(HOSTILE.items()):
@@ -512,6 +516,7 @@ def test_the_file_system_view_and_pid_view_hold(hostile_run):
     iso = hostile_run["isolation"]
     assert iso["fs_view"].startswith("allow-list"), iso
     assert iso["pidns"] and iso["proc"] != "host", iso
+    assert iso["zygote_pid"] == 2, iso  # the only process, beside PID 1, that list_processes may see
     for name in PROBES:
         r = hostile_run["results"][name]
         assert r["verdict"] == "passed", (hostile_run["sandbox"], name, r)
@@ -523,3 +528,321 @@ def test_assert_tests_cannot_be_forged(hostile_run):
     for name in ASSERT_ATTACKS:
         r = hostile_run["results"][name]
         assert r["verdict"] != "passed" and r["tests_passed"] == 0, (hostile_run["sandbox"], name, r)
+
+
+# ------------------------------------------------------------------------ one sandbox, many programs
+#
+# Every program of a worker runs in the same boundary (one runsc sandbox, one bwrap, one worker), as
+# a child of the same zygote, as the same user, with the same /tmp mount point. These attacks try to
+# reach the program that runs next on the same worker (one worker: the order is the samples' order):
+# each attacker must not pass, and the honest program right after it must pass.
+
+STOLEN = 10**12 + (uuid.uuid4().int >> 7) % 10**11
+"""The answer only the holder's source has: a program that finds it elsewhere steals another candidate's work."""
+
+# Looks for the holder's ``return <STOLEN>`` wherever a program might: its own memory (inherited from the
+# zygote), every process's cmdline, environ and memory, every descriptor it can open through /proc
+# (the worker's and the zygote's included: pipes, memfds), and the files under /tmp.
+_SCAN = r"""
+import ctypes, os, re, sys
+PAT = re.compile(rb"return (1\d{12})\b")
+def _own_memory(grab):
+    # /proc/self/mem is root's once the program's user is set (not dumpable): read the heap through a
+    # pipe instead (write() from an unmapped address fails with EFAULT, it never faults), around objects
+    # of every kind of allocation, the ones inherited from the zygote included.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    step, span = 1 << 16, 12 << 20
+    anchors = {id(o) & ~(step - 1) for o in (object(), "x" * 100, bytes(1 << 20), [0] * 1000, sys.modules, os, re.compile)}
+    seen = set()
+    for a in sorted(anchors):
+        for addr in range(max(a - span, step), a + span, step):
+            if addr in seen:
+                continue
+            seen.add(addr)
+            n = libc.write(w, addr, step)
+            if n > 0:
+                grab(os.read(r, n))
+    os.close(r)
+    os.close(w)
+def scan(found):
+    def grab(data):
+        found.update(int(m) for m in PAT.findall(data))
+    _own_memory(grab)
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        for name in ("cmdline", "environ", "mem"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb", 0) as fh:
+                    grab(fh.read(1 << 22))
+            except (OSError, ValueError):
+                pass
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            fds = []
+        for fd in fds:
+            try:
+                d = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                grab(os.pread(d, 1 << 22, 0))
+            except OSError:
+                try:
+                    grab(os.read(d, 1 << 22))
+                except OSError:
+                    pass
+            finally:
+                os.close(d)
+    for root, dirs, files in os.walk("/tmp"):
+        for f in files:
+            try:
+                with open(os.path.join(root, f), "rb") as fh:
+                    grab(fh.read(1 << 22))
+            except OSError:
+                pass
+"""
+
+_DAEMON = "import os, time, signal\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        end = time.time() + 6\n"
+
+SHARED_ATTACKS: list[tuple[str, str, str, str]] = [
+    # (name, role, problem id, code): role "attack" must not pass, "honest" and "probe" must pass.
+    (
+        "linger_daemon_kills_and_poisons",
+        "attack",
+        "ok",
+        _DAEMON + "        me = os.getpid()\n        while time.time() < end:\n"
+        "            for p in os.listdir('/proc'):\n                if p.isdigit() and int(p) != me:\n"
+        "                    try:\n                        os.kill(int(p), signal.SIGKILL)\n"
+        "                    except OSError:\n                        pass\n"
+        "            for root, dirs, files in os.walk('/tmp'):\n"
+        "                for d in [root] + [os.path.join(root, x) for x in dirs]:\n"
+        "                    try:\n                        open(os.path.join(d, 'poison-@TAG@'), 'w').write('x')\n"
+        "                    except OSError:\n                        pass\n            time.sleep(0.005)\n"
+        "    os._exit(0)\nprint('attacked')\n",
+    ),
+    (
+        "after_linger_daemon",
+        "honest",
+        "ok",
+        "import os, time\ntime.sleep(0.5)\n"
+        "left = [r for r, d, f in os.walk('/tmp') if 'poison-@TAG@' in f]\nprint('POISONED' if left else 'ok')\n",
+    ),
+    (
+        "daemon_waits_to_steal",
+        "attack",
+        "ok",
+        _SCAN + _DAEMON + "        found = set()\n        while time.time() < end:\n            scan(found)\n"
+        "            if found:\n                for d in ('/tmp', '/dev/shm', '/var/tmp'):\n"
+        "                    try:\n                        open(d + '/stolen-@TAG@', 'w').write(repr(sorted(found)))\n"
+        "                    except OSError:\n                        pass\n            time.sleep(0.01)\n"
+        "    os._exit(0)\nprint('attacked')\n",
+    ),
+    ("holder", "honest", "steal", "def f(x):\n    return @STOLEN@\n"),
+    (
+        "thief_after_holder",
+        "attack",
+        "steal",
+        _SCAN + "import ast\ndef f(x):\n    found = set()\n    for d in ('/tmp', '/dev/shm', '/var/tmp'):\n"
+        "        try:\n            found.update(ast.literal_eval(open(d + '/stolen-@TAG@').read()))\n"
+        "        except (OSError, ValueError, SyntaxError):\n            pass\n    scan(found)\n"
+        "    return sorted(found)[0] if found else -1\n",
+    ),
+    ("after_thief", "honest", "call", "def f(x):\n    return 2 * x\n"),
+    (
+        "pid_exhaustion",
+        "attack",
+        "ok",
+        "import os, time\nn = 0\nwhile n < 100000:\n    try:\n        pid = os.fork()\n    except OSError:\n"
+        "        break\n    if pid == 0:\n        os.setsid()\n        time.sleep(60)\n        os._exit(0)\n"
+        "    n += 1\nprint('attacked', n)\n",
+    ),
+    (
+        "after_pid_exhaustion",
+        "honest",
+        "ok",
+        "import os\nfor _ in range(20):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\nprint('ok')\n",
+    ),
+    (
+        "fill_and_litter_tmp",
+        "attack",
+        "ok",
+        # A tree deeper than any recursive removal goes (the worker once died of it), odd files, then
+        # /tmp filled up (a tmpfs: ENOSPC) and thousands of entries.
+        "import os\ntry:\n    os.mkdir('/tmp/deep')\n    os.chdir('/tmp/deep')\n    for _ in range(2000):\n"
+        "        os.mkdir('d')\n        os.chdir('d')\n    open('marker-@TAG@', 'w').close()\nexcept OSError:\n"
+        "    pass\nos.chdir('/')\nfor src, dst in (('/etc', '/tmp/link-etc'), ('/', '/tmp/link-root')):\n"
+        "    try:\n        os.symlink(src, dst)\n    except OSError:\n        pass\ntry:\n"
+        "    os.mkfifo('/tmp/fifo-@TAG@')\n    os.mkdir('/tmp/locked')\n    open('/tmp/locked/f', 'w').close()\n"
+        "    os.chmod('/tmp/locked', 0)\nexcept OSError:\n    pass\nchunk = b'x' * (1 << 20)\nfor k in range(64):\n"
+        "    try:\n        with open(f'/tmp/fill-{k}', 'wb') as f:\n            for _ in range(32):\n"
+        "                f.write(chunk)\n    except OSError:\n        break\nfor k in range(5000):\n    try:\n"
+        "        open(f'/tmp/e{k}', 'w').close()\n    except OSError:\n        break\nprint('attacked')\n",
+    ),
+    (
+        "after_fill_and_litter_tmp",
+        "honest",
+        "ok",
+        "import os\nwith open('/tmp/v', 'wb') as f:\n    f.write(b'y' * (16 << 20))\n"
+        "left = [n for n in os.listdir('/tmp') if n != 'v' and not n.startswith('bcoder-work-')]\n"
+        "print('LEFT ' + ' '.join(left[:5]) if left else 'ok')\n",
+    ),
+    (
+        "signal_and_trace_trusted",
+        "attack",
+        "ok",
+        "import os, signal, ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nme = os.getpid()\n"
+        "pids = {int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != me} | {1, 2}\nfor p in pids:\n"
+        "    for req in (16, 0x4206):\n        libc.ptrace(req, p, 0, 0)\n"
+        "    for s in (signal.SIGSTOP, signal.SIGTERM, signal.SIGSEGV, signal.SIGKILL):\n"
+        "        try:\n            os.kill(p, s)\n        except OSError:\n            pass\nprint('attacked')\n",
+    ),
+    ("after_signal_and_trace", "honest", "assert", "def f(x):\n    return 2 * x\n"),
+    (
+        "write_trusted_descriptors",
+        "attack",
+        "ok",
+        "import os\nme = str(os.getpid())\nfor pid in os.listdir('/proc'):\n    if not pid.isdigit() or pid == me:\n"
+        "        continue\n    try:\n        fds = os.listdir(f'/proc/{pid}/fd')\n    except OSError:\n        continue\n"
+        "    for fd in fds:\n        for mode in (os.O_WRONLY, os.O_RDWR):\n            try:\n"
+        "                d = os.open(f'/proc/{pid}/fd/{fd}', mode | os.O_NONBLOCK)\n            except OSError:\n"
+        '                continue\n            for junk in (b\'\\x00\\x00\\x00\\x10{"type": "end"}\\n\', b\'{"pid": 1, "status": 0}\'):\n'
+        "                try:\n                    os.write(d, junk)\n                    os.pwrite(d, junk, 0)\n"
+        "                except OSError:\n                    pass\n            try:\n                os.ftruncate(d, 0)\n"
+        "            except OSError:\n                pass\n            os.close(d)\nprint('attacked')\n",
+    ),
+    ("after_write_trusted_descriptors", "honest", "double", "print(2 * int(input()))\n"),
+    (
+        "poison_imports",
+        "attack",
+        "ok",
+        "import os, sys\npayload = 'POISON = True\\n'\n"
+        "dirs = {p for p in sys.path if p} | {'/tmp', '/var/tmp', os.getcwd(), os.path.dirname(os.getcwd()),"
+        " os.path.dirname(os.__file__)}\nfor d in dirs:\n"
+        "    for name in ('fractions.py', 'colorsys.py', 'sitecustomize.py', 'typing.py', 'json/__init__.py'):\n"
+        "        try:\n            open(os.path.join(d, name), 'w').write(payload)\n        except OSError:\n"
+        "            pass\n    try:\n        os.makedirs(os.path.join(d, '__pycache__'), exist_ok=True)\n"
+        "        open(os.path.join(d, '__pycache__', 'colorsys.cpython-311.pyc'), 'wb').write(b'junk')\n"
+        "    except OSError:\n        pass\nprint('attacked')\n",
+    ),
+    (
+        "after_poison_imports",
+        "honest",
+        "ok",
+        "import colorsys, fractions, json, typing\n"
+        "bad = [m.__name__ for m in (colorsys, fractions, json, typing) if hasattr(m, 'POISON')]\n"
+        "print('POISONED ' + ' '.join(bad) if bad else 'ok')\n",
+    ),
+    (
+        "poison_interpreter",
+        "attack",
+        "check",
+        "import builtins, gc, json, math, operator, os, sys, typing\nbuiltins.sorted = lambda *a, **k: []\n"
+        "builtins.len = lambda x: 0\nbuiltins.sum = lambda *a: 0\nmath.sqrt = lambda x: -1.0\n"
+        "json.dumps = lambda *a, **k: '\"poisoned\"'\noperator.mul = lambda a, b: 0\ntyping.List = None\n"
+        "sys.setrecursionlimit(40)\ngc.disable()\nos.environ['POISON'] = '1'\nos.umask(0)\n"
+        "def f(x):\n    return -1\n",
+    ),
+    (
+        "after_poison_interpreter",
+        "honest",
+        "check",
+        "import json, math, os\nfrom typing import List\ndef depth(n):\n    return n if n == 0 else 1 + depth(n - 1)\n"
+        "def f(x: List[int]):\n    return [sorted(x), len(x), sum(x), math.sqrt(16), json.dumps([1]), depth(200),"
+        " 'POISON' in os.environ, oct(os.umask(0o77))]\n",
+    ),
+    (
+        "timeout_leaves_daemon",
+        "attack",
+        "ok",
+        _DAEMON + "        while time.time() < end:\n            try:\n"
+        "                open('/tmp/late-@TAG@', 'w').write('x')\n            except OSError:\n                pass\n"
+        "            time.sleep(0.005)\n    os._exit(0)\nwhile True:\n    pass\n",
+    ),
+    (
+        "after_timeout_leaves_daemon",
+        "honest",
+        "ok",
+        "import os, time\ntime.sleep(0.3)\nprint('LATE' if os.path.exists('/tmp/late-@TAG@') else 'ok')\n",
+    ),
+    (
+        "stopped_and_zombie_children",
+        "attack",
+        "ok",
+        "import os, signal\nfor k in range(10):\n    pid = os.fork()\n    if pid == 0:\n        if k % 2:\n"
+        "            os.kill(os.getpid(), signal.SIGSTOP)\n        os._exit(0)\nprint('attacked')\n",
+    ),
+    ("after_stopped_and_zombie_children", "honest", "ok", "print('ok')\n"),
+    (
+        "descriptors_of_a_program",
+        "probe",
+        "ok",
+        "import os\nfds = []\nfor fd in sorted(int(x) for x in os.listdir('/proc/self/fd')):\n    try:\n"
+        "        fds.append((fd, os.readlink(f'/proc/self/fd/{fd}')))\n    except OSError:\n        pass\n"
+        "extra = [link for fd, link in fds if fd > 2]\n"
+        "bad = [link for fd, link in fds if link.startswith('socket') or 'job' in link or 'zygote' in link]\n"
+        "print('ok' if not bad and len(extra) == 1 and extra[0].startswith('pipe') else 'LEAK ' + repr(fds))\n",
+    ),
+]
+
+
+def _shared_problems() -> dict[str, Problem]:
+    check_out = [[[1, 2, 3], 3, 6, 4.0, "[1]", 200, False, "0o77"]]
+    return {
+        "ok": stdin_problem("ok", ["5\n"], ["ok\n"], source="hostile"),
+        "double": stdin_problem("double", ["5\n"] * 2, ["10\n"] * 2, source="hostile"),
+        "call": call_problem("call", "f", [[1], [2]], [[2], [4]], source="hostile"),
+        "assert": assert_problem("assert", ["assert f(1) == 2", "assert f(2) == 4"], source="hostile"),
+        "steal": call_problem("steal", "f", [[1]], [[STOLEN]], source="hostile"),
+        "check": call_problem("check", "f", [[[3, 1, 2]]], [check_out], source="hostile"),
+    }
+
+
+@pytest.fixture(scope="module", params=["process", "bwrap", "gvisor"])
+def shared_run(request):
+    sandbox = request.param
+    reason = _available(sandbox)
+    if reason:
+        pytest.skip(reason)
+    samples = [
+        {
+            "problem_id": pid,
+            "sample_id": name,
+            "code": code.replace("@TAG@", TAG).replace("@STOLEN@", str(STOLEN)),
+        }
+        for name, _role, pid, code in SHARED_ATTACKS
+    ]
+    config = ExecutionConfig(
+        workers=1, sandbox=sandbox, timeout_s=TIMEOUT, program_timeout_s=PROGRAM_TIMEOUT, memory_mb=512
+    )
+    with Executor(config) as ex:
+        results = {r["sample_id"]: r for r in ex.run(_shared_problems(), samples)}
+        alive = all(w.proc.poll() is None for w in ex._workers)
+        uids = list(ex._lease.uids) if ex._lease else []
+        time.sleep(0.3)
+        leftovers = _processes_of(uids)
+    return {"sandbox": sandbox, "results": results, "alive": alive, "leftovers": leftovers}
+
+
+@pytest.mark.parametrize("name", [name for name, *_ in SHARED_ATTACKS])
+def test_one_program_cannot_reach_the_next(shared_run, name):
+    role = next(r for n, r, *_ in SHARED_ATTACKS if n == name)
+    r = shared_run["results"][name]
+    if role == "attack":
+        assert r["verdict"] != "passed", (shared_run["sandbox"], name, r)
+    else:
+        assert r["verdict"] == "passed", (shared_run["sandbox"], name, r)
+
+
+def test_shared_sandbox_survives_and_is_clean(shared_run):
+    assert len(shared_run["results"]) == len(SHARED_ATTACKS)
+    assert shared_run["alive"]
+    assert shared_run["leftovers"] == [], "processes of the programs' users outlived their programs"
+    thief = shared_run["results"]["thief_after_holder"]
+    assert thief["tests_passed"] == 0, thief

@@ -68,3 +68,15 @@ def test_bench_train_steps_causal_tiny(capsys):
     assert results["lora_bytes"] < results["full_bytes"]
     out = capsys.readouterr().out
     assert "theta/sft:" in out and "phi/sft:" in out and "lora/full theta memory:" in out
+
+
+def test_bench_batches_quick(capsys):
+    """Length bucketing's benchmark on small data: window beats off on both length distributions,
+    and micro never pads more than off."""
+    results = _load("bench_batches").main(["--quick"])
+    for data, shape in (("builtin", "theta/32 x 1 x 1"), ("apps", "theta/16 x 1 x 8")):
+        off, micro, window = (results[f"{data}/{shape}/{m}"] for m in ("off", "micro", "window"))
+        assert window > off and micro >= off - 1e-9
+    assert results["apps/theta/16 x 1 x 8/window"] >= 0.9
+    out = capsys.readouterr().out
+    assert "real-token fraction" in out and "annotate and rank batches" in out
