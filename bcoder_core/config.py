@@ -174,12 +174,14 @@ class TrainConfig:
     """Programs per device per micro-batch; the global batch is batch_size x grad_accum x world size."""
     grad_accum: int = 1
     """Gradient accumulation: micro-batches per optimiser step."""
-    length_bucketing: Literal["off", "micro", "window"] = "window"
+    length_bucketing: Literal["off", "micro", "window"] = "micro"
     """Batch programs of similar length together (DESIGN §2.7): off (sampling order), micro (each
     step's programs as off, grouped by length into its micro-batches; no effect with one
     micro-batch per step), window (also the steps' batches cut by length within windows of
     bucket_window batches that see off's programs). rho_real stays exact per batch, batch k a pure
-    function of k, the loss the token mean of the global batch."""
+    function of k, the loss the token mean of the global batch. Default micro: a step's gradient
+    is off's (the paper's batches), with less padding; window also makes whole batches of one
+    length, which learned worse on the built-in benchmark (DESIGN §2.7)."""
     bucket_window: int = 64
     """Global batches per length-bucketing window (length_bucketing window): each window of
     bucket_window steps sees exactly off's programs, regrouped by length among its steps."""
@@ -372,6 +374,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_YAML_BOOLS = {False: ("off", "no", "false", "n"), True: ("on", "yes", "true", "y")}
+
+
 def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check ``value`` against type ``tp`` and return it (ints are accepted for floats)."""
     origin = typing.get_origin(tp)
@@ -385,7 +390,14 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
         return [_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is not bool:
+        choices = typing.get_args(tp)
+        if type(value) is bool:
+            # YAML reads an unquoted off/no/false (on/yes/true) as a bool: give back the choice
+            # the user wrote when the field has exactly one such spelling.
+            spelled = [c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOLS[value]]
+            if len(spelled) == 1:
+                return spelled[0]
+        elif value in choices:
             return value
         raise ConfigError(f"{where}: {key} must be one of {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):

@@ -149,8 +149,16 @@ class PipelineConfig:
     """How a committed stage output is checked before it is skipped: `sizes` (every file there with
     its manifest's size; cheap) or `sha256` (every byte read; catches same-size edits). An output
     that fails is removed and its stage runs again (`bcoder pipeline run --verify` = sha256)."""
+    jobs: int = 1
+    """Stages run side by side on this machine (`bcoder pipeline run --jobs N`): a stage starts once
+    the stages whose outputs it reads are done (the DAG of the cluster workflow), with a share of
+    the cores as its compute threads (never more threads than cores in all), and with N > 1 each
+    stage's output goes to its log file
+    (`<run_dir>/logs/<stage>.log`; its last lines are printed when it fails). 1: one at a time,
+    output live. The stages and their outputs are the same for any N; only the wall time differs."""
 
     def __post_init__(self) -> None:
+        check(self.jobs >= 1, "jobs", f"must be >= 1 (got {self.jobs})")
         check(self.verify in ("sizes", "sha256"), "verify", f"must be sizes or sha256 (got {self.verify!r})")
         check(
             self.eval_split in ("test", "val"), "eval_split", f"must be test or val (got {self.eval_split!r})"
@@ -432,6 +440,29 @@ def _launcher(torchrun: bool) -> list[str]:
     return [sys.executable, "-m", "jobs.cli"]
 
 
+def _prepare_stage(stage: Stage, *, sha256: bool, echo: Callable[[str], None], head: str) -> bool:
+    """Whether ``stage`` must run: False when its output is committed; an output no longer what its
+    manifest says (the pipeline's own artifact) is removed first so the stage makes it again."""
+    why = _committed(stage.output, sha256=sha256)
+    if why is None:
+        echo(f"{head}: committed, skipped ({stage.output})")
+        return False
+    if why != "not committed":
+        echo(f"{head}: {why}; removing {stage.output} and running the stage again")
+        storage.delete(stage.output)
+    echo(f"{head}: bcoder {shlex.join(stage.argv)}")
+    return True
+
+
+def _finish_stage(stage: Stage, returncode: int) -> None:
+    if returncode != 0:
+        # Killed by a signal: the shell's 128 + signal, so a retry policy sees a crash, never exit 2.
+        raise StageFailed(stage.name, returncode if returncode > 0 else 128 - returncode)
+    why = _committed(stage.output)
+    if why is not None:
+        raise BcoderError(f"stage {stage.name} exited 0 but its output {stage.output} is {why}")
+
+
 def run_stage(
     stage: Stage,
     *,
@@ -446,55 +477,175 @@ def run_stage(
     :class:`StageFailed`; exit 0 without a committed output is a BcoderError.
     """
     head = head or stage.name
-    why = _committed(stage.output, sha256=sha256)
-    if why is None:
-        echo(f"{head}: committed, skipped ({stage.output})")
+    if not _prepare_stage(stage, sha256=sha256, echo=echo, head=head):
         return None
-    if why != "not committed":
-        # The pipeline's own artifact, no longer what its manifest says: made again from scratch.
-        echo(f"{head}: {why}; removing {stage.output} and running the stage again")
-        storage.delete(stage.output)
-    echo(f"{head}: bcoder {shlex.join(stage.argv)}")
     t0 = time.perf_counter()
     proc = subprocess.run([*_launcher(torchrun), *stage.argv], check=False)
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        # Killed by a signal: the shell's 128 + signal, so a retry policy sees a crash, never exit 2.
-        raise StageFailed(stage.name, proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
-    why = _committed(stage.output)
-    if why is not None:
-        raise BcoderError(f"stage {stage.name} exited 0 but its output {stage.output} is {why}")
+    _finish_stage(stage, proc.returncode)
     echo(f"{head}: done in {seconds:.0f}s")
     return seconds
 
 
-def run(cfg: PipelineConfig, *, echo: Callable[[str], None] = print, only: Sequence[str] = ()) -> list[str]:
-    """Run every stage not yet committed, in order; returns the names of the stages that ran."""
-    stages = plan(cfg)
+def _selected(stages: Sequence[Stage], only: Sequence[str]) -> list[tuple[int, Stage]]:
     known = {s.name for s in stages} | {s.group for s in stages if s.group}
     unknown = sorted(set(only) - known)
     if unknown:
         raise BcoderError(
             f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(s.name for s in stages)}"
         )
+    return [(i, s) for i, s in enumerate(stages, 1) if not only or s.name in only or s.group in only]
+
+
+def run(cfg: PipelineConfig, *, echo: Callable[[str], None] = print, only: Sequence[str] = ()) -> list[str]:
+    """Run every stage not yet committed, in order (``cfg.jobs`` > 1: independent stages side by
+    side); returns the names of the stages that ran."""
+    stages = plan(cfg)
+    selected = _selected(stages, only)
     storage.check_output_root(cfg.run_dir)
     if not storage.is_s3(cfg.run_dir):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     sha256 = cfg.verify == "sha256"
-    ran: list[str] = []
     timings: dict[str, float] = {}
-    for i, stage in enumerate(stages, 1):
-        if only and stage.name not in only and stage.group not in only:
-            continue
-        try:
-            seconds = run_stage(stage, sha256=sha256, echo=echo, head=f"[{i:>2}/{len(stages)}] {stage.name}")
-        except StageFailed as exc:
-            raise BcoderError(f"{exc}; re-run the pipeline to resume from it") from None
-        if seconds is not None:
-            timings[stage.name] = seconds
-            ran.append(stage.name)
-    _write_timings(cfg, timings)
-    return ran
+    try:
+        if cfg.jobs == 1:
+            for i, stage in selected:
+                head = f"[{i:>2}/{len(stages)}] {stage.name}"
+                seconds = run_stage(stage, sha256=sha256, echo=echo, head=head)
+                if seconds is not None:
+                    timings[stage.name] = seconds
+        else:
+            _run_parallel(cfg, stages, selected, timings, sha256=sha256, echo=echo)
+    except StageFailed as exc:
+        raise BcoderError(f"{exc}; re-run the pipeline to resume from it") from None
+    finally:
+        _write_timings(cfg, timings)
+    return [s.name for _, s in selected if s.name in timings]
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# Stages that compute little (file conversions, pass@k): they take no share of the cores.
+_LIGHT_COMMANDS = ("benchmark", "data", "evaluate", "pipeline")
+
+
+def _cores_held(stage: Stage, threads: int, cores: int) -> int:
+    """Cores a running stage is counted as using: none for a light one, its worker processes for
+    execute (the programs run in them), else its compute threads."""
+    if stage.argv[0] in _LIGHT_COMMANDS:
+        return 0
+    if stage.argv[0] == "execute":
+        argv = stage.argv
+        given = argv[argv.index("--workers") + 1] if "--workers" in argv[:-1] else ""
+        return min(cores, int(given)) if given.isdigit() else cores
+    return threads
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    """A stage's environment with its share of the cores as compute threads (torch reads these)."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _log_dir(cfg: PipelineConfig) -> Path:
+    if storage.is_s3(cfg.run_dir):
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="bcoder-pipeline-logs-"))
+    return Path(cfg.run_dir) / "logs"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _run_parallel(
+    cfg: PipelineConfig,
+    stages: Sequence[Stage],
+    selected: Sequence[tuple[int, Stage]],
+    timings: dict[str, float],
+    *,
+    sha256: bool,
+    echo: Callable[[str], None],
+) -> None:
+    """Start each selected stage once every selected stage it reads from has finished, at most
+    ``cfg.jobs`` at a time, in plan order among the ready ones.
+
+    The cores are a budget: a stage starts with the free cores shared among the stages ready then
+    (the sft at the head of the chain gets them all; two samplers ready together get half each) and
+    holds them until it ends; none starts while no core is free, so threads never outnumber cores.
+    A failure stops new starts, lets the running stages finish (their outputs commit or not on
+    their own), then raises."""
+    logs = _log_dir(cfg)
+    logs.mkdir(parents=True, exist_ok=True)
+    cores = _cores()
+    echo(f"up to {cfg.jobs} stages at a time on {cores} cores; each stage's output: {logs}/<stage>.log")
+    names = {s.name for _, s in selected}
+    needs = {s.name: {d.name for d in inputs_of(s, stages)} & names for _, s in selected}
+    pending = list(selected)
+    done: set[str] = set()
+    running: dict[str, tuple[subprocess.Popen, Stage, str, float, Path, int]] = {}
+    failed: tuple[Stage, int, Path] | None = None
+    try:
+        while pending or running:
+            while failed is None and len(running) < cfg.jobs:
+                free = cores - sum(_cores_held(r[1], r[5], cores) for r in running.values())
+                ready = [p for p in pending if needs[p[1].name] <= done]
+                i, stage = ready[0] if ready else (0, None)
+                if stage is None or (free < 1 and running and _cores_held(stage, 1, cores)):
+                    break
+                pending.remove(ready[0])
+                head = f"[{i:>2}/{len(stages)}] {stage.name}"
+                if not _prepare_stage(stage, sha256=sha256, echo=echo, head=head):
+                    done.add(stage.name)
+                    continue
+                heavy = [p for p in ready if _cores_held(p[1], 1, cores)]
+                threads = max(1, free // max(1, min(len(heavy), cfg.jobs - len(running))))
+                log = logs / f"{stage.name}.log"
+                with open(log, "wb") as fh:
+                    proc = subprocess.Popen(
+                        [*_launcher(False), *stage.argv],
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        env=_child_env(threads),
+                    )
+                running[stage.name] = (proc, stage, head, time.perf_counter(), log, threads)
+            if not running:
+                break  # nothing can start: a failure, or (never for a plan) a cycle
+            time.sleep(0.2)
+            for name, (proc, stage, head, t0, log, _) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[name]
+                try:
+                    _finish_stage(stage, code)
+                except StageFailed:
+                    echo(f"{head}: failed (exit {code}); last lines of {log}:\n{_tail(log)}")
+                    failed = failed or (stage, code, log)
+                    continue
+                timings[name] = time.perf_counter() - t0
+                done.add(name)
+                echo(f"{head}: done in {timings[name]:.0f}s")
+    finally:
+        for proc, *_ in running.values():  # interrupted (Ctrl-C): stop the children too
+            proc.terminate()
+        for proc, *_ in running.values():
+            proc.wait()
+    if failed is not None:
+        stage, code, _ = failed
+        _finish_stage(stage, code)
+    if pending:
+        left = ", ".join(s.name for _, s in pending)
+        raise BcoderError(f"stages {left} could not start: what they read was not made")
 
 
 def _write_timings(cfg: PipelineConfig, timings: dict[str, float]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,13 @@ class Report:
     markdown_path: Path
     summary: str
     gains: dict[str, dict[str, float]]
+    """Paired gains by name: ``gain``, ``lo``, ``hi`` (fractions, not points)."""
+    pass_at: dict[str, dict[str, float]] = field(default_factory=dict)
+    """pass@k₁ over all problems (a fraction) by method, then metric (unranked, ranked, filtered)."""
+    value: dict[str, Any] | None = None
+    """V_φ's within-problem AUCs on the training samples (``v_last``, ``sum_ckpt_adv``, ...)."""
+    k1: int = 1
+    """The k of ``pass_at`` and of the gains (the smallest k evaluated)."""
 
 
 def paired_gain(
@@ -358,4 +367,50 @@ def write_report(cfg: Any, out_dir: Path | None = None) -> Report:
         allg = r["results"]["all"]
         cells = "  ".join(f"{metric} {_cell(allg, metric, k1)}" for metric in r["metrics"])
         summary.append(f"  {METHOD_NAMES.get(m, m):<24} pass@{k1}: {cells}")
-    return Report(markdown_path=path, summary="\n".join(summary), gains=gains)
+    pass_at = {
+        m: {
+            metric: r["results"]["all"][metric][f"pass@{k1}"]["value"]
+            for metric in r["metrics"]
+            if f"pass@{k1}" in r["results"]["all"].get(metric, {})
+        }
+        for m, r in reports.items()
+    }
+    return Report(
+        markdown_path=path, summary="\n".join(summary), gains=gains, pass_at=pass_at, value=value, k1=k1
+    )
+
+
+def seeds_table(reports: Sequence[Report], labels: Sequence[str]) -> str:
+    """A markdown table of the headline numbers of several runs of one setup (seeds): mean ± sample
+    standard deviation, range and each run's value, in points (AUCs as they are)."""
+    import statistics
+
+    rows: list[tuple[str, list[float | None], float]] = []
+    first = reports[0]
+    for name in first.gains:
+        rows.append((name, [r.gains.get(name, {}).get("gain") for r in reports], 100.0))
+    for m, metrics in first.pass_at.items():
+        for metric in metrics:
+            label = f"pass@{first.k1} {METHOD_NAMES.get(m, m)}, {metric}"
+            rows.append((label, [r.pass_at.get(m, {}).get(metric) for r in reports], 100.0))
+    if first.value is not None:
+        for key, what in (("v_last", "V_φ within-problem AUC, last state"), ("sum_ckpt_adv", "Σ A_ckpt AUC")):
+            rows.append((what, [r.value.get(key) if r.value else None for r in reports], 1.0))
+    head = [
+        "| quantity | mean ± sd | range | " + " | ".join(labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    lines = []
+    for name, vals, scale in rows:
+        # numpy scalars: statistics needs floats; NaN (an AUC with no mixed problem) counts as missing
+        vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in vals]
+        xs = [v * scale for v in vals if v is not None]
+        fmt = "{:+.1f}" if "−" in name else ("{:.1f}" if scale != 1.0 else "{:.3f}")
+        if not xs:
+            continue
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        mean = fmt.format(statistics.fmean(xs)) + " ± " + fmt.replace("+", "").format(sd)
+        rng = f"{fmt.format(min(xs))} … {fmt.format(max(xs))}"
+        each = " | ".join("—" if v is None else fmt.format(v * scale) for v in vals)
+        lines.append(f"| {name} | {mean} | {rng} | {each} |")
+    return "\n".join(head + lines)

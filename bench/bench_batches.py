@@ -30,7 +30,8 @@ length distributions:
               problem's solution lengths scaled as above, clipped to [3, 512].
 
 Batch shapes (programs per micro-batch x accumulation x ranks) are the presets': builtin sft, phi
-and theta 32 x 1 x 1 (configs/demo.yaml); apps phi 16 x 4 x 4 (phi-apps), theta 16 x 1 x 8
+and theta 8 x 4 x 1 (configs/demo.yaml; 32 x 1 x 1, the demo's shape before, as an extra row);
+apps phi 16 x 4 x 4 (phi-apps), theta 16 x 1 x 8
 (theta-apps; sft the same shape), theta 4 x 4 x 8 (the 7B LoRA preset) and theta on one GPU
 16 x 1 x 1 (not a preset), ρ_real 0.5. A padded tensor's size is computed from the lengths (it
 is what ``collate`` and ``collate_pairs`` allocate), not by collating.
@@ -296,7 +297,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps = args.steps or (32 if quick else 256)
     sources = [builtin_source(150 if quick else 1000), apps_source(60 if quick else 1000)]
     shapes = {
-        "builtin": [Shape("sft", 32, 1, 1), Shape("phi", 32, 1, 1), Shape("theta", 32, 1, 1)],
+        # the demo's shapes (configs/demo.yaml: 8 programs x 4 micro-batches), and 32 x 1 (before)
+        "builtin": [
+            Shape("sft", 8, 4, 1), Shape("phi", 8, 4, 1), Shape("theta", 8, 4, 1),
+            Shape("theta", 32, 1, 1, preset=False),
+        ],
         "apps": [
             Shape("sft", 16, 1, 8), Shape("phi", 16, 4, 4), Shape("theta", 16, 1, 8),
             Shape("theta", 4, 4, 8), Shape("theta", 16, 1, 1, preset=False),

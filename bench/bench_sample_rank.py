@@ -79,6 +79,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (the best is kept)")
     ap.add_argument("--logit-scale", type=float, default=3.0, help="scale of theta's LM head (1: flat)")
     ap.add_argument("--rank-dtype", default="fp32", help="fp32 (bcoder rank's default) or bf16 (autocast)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where every kernel and engine runs")
+    ap.add_argument(
+        "--dtype", default="fp32", help="sampling precision: fp32, or bf16 (the GPU's; θ loaded in bf16)"
+    )
+    ap.add_argument("--json", default=None, help="write the measured rates here (bench/apps_walltime.py)")
     ap.add_argument(
         "--engines",
         action="store_true",
@@ -104,8 +109,9 @@ def main() -> None:
             theta.lm_head.weight.mul_(args.logit_scale)
         theta.save_pretrained(root / "theta", "theta")
         BCoderModel.from_pretrained(root / "ckpt", stage="phi").save_pretrained(root / "phi", "phi")
-        theta_hf = load_theta(str(root / "theta"), device="cpu", dtype="fp32")
+        theta_hf = load_theta(str(root / "theta"), device=args.device, dtype=args.dtype)
         ranker = BCoderModel.from_pretrained(root / "theta", stage="eval", phi_path=root / "phi").eval()
+        ranker = ranker.to(args.device)
         ct2_engine = None
         if args.engines:
             # a fresh conversion (timed apart) in a cache that outlives the checkpoint's temp dir
@@ -118,7 +124,7 @@ def main() -> None:
             os.environ["BCODER_CACHE"] = cache = tempfile.mkdtemp(prefix="bcoder-bench-ct2-")
             atexit.register(shutil.rmtree, cache, ignore_errors=True)
             t0 = time.perf_counter()
-            ct2_engine = CTranslate2Engine(str(root / "theta"), "cpu", "fp32")
+            ct2_engine = CTranslate2Engine(str(root / "theta"), args.device, args.dtype)
             convert_s = time.perf_counter() - t0
 
     scfg = SamplingConfig(
@@ -130,14 +136,20 @@ def main() -> None:
         seed=0,
     )
     rcfg = RankConfig(batch_size=args.batch_size)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     sample_times, rank_times = [], []
     samples: list[dict] = []
     summary = RankSummary()
     for _ in range(args.repeat):
+        sync()
         t0 = time.perf_counter()
         samples = list(sample_problems(theta_hf, tok, probs, scfg, progress=False))
+        sync()
         sample_times.append(time.perf_counter() - t0)
         summary = RankSummary()
         t0 = time.perf_counter()
@@ -146,6 +158,7 @@ def main() -> None:
                 ranker, tok, probs, samples, rcfg, device=device, dtype=args.rank_dtype, summary=summary
             )
         )
+        sync()
         rank_times.append(time.perf_counter() - t0)
         assert len(ranked) == len(samples)
 
@@ -155,7 +168,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in theta_hf.parameters())
     print(
         f"shape {args.shape} ({n_params / 1e6:.1f}M parameters, vocab {len(tok)}), "
-        f"logit scale {args.logit_scale}, {torch.get_num_threads()} threads, "
+        f"logit scale {args.logit_scale}, {args.device} {args.dtype}, {torch.get_num_threads()} threads, "
         f"{args.problems} problems x {args.num_samples} samples, "
         f"{tokens} tokens sampled (max {args.max_new_tokens} per program), batch {args.batch_size}"
     )
@@ -177,6 +190,22 @@ def main() -> None:
         )
         print(f"tokens/s reference / ctranslate2 = {ref_rate / ct2_rate:.2f}  (the engine ratio)")
         print(f"ratio rank/sample with ctranslate2 sampling = {tr / tc:.3f}  (target <= 0.30)")
+    if args.json:
+        import json
+
+        rates = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "shape": args.shape,
+            "dtype": args.dtype,
+            "reference": {"tokens_per_s": tokens / ts, "programs_per_s": n_prog / ts},
+            "rank": {"programs_per_s": n_prog / tr, "rank_over_sample": tr / ts},
+        }
+        if ct2_engine is not None:
+            rates["ctranslate2"] = {"tokens_per_s": ct2_rate, "programs_per_s": len(out) / tc}
+        # what bench/apps_walltime.py reads: the faster engine's rate
+        best = max(("reference", "ctranslate2"), key=lambda e: rates.get(e, {}).get("tokens_per_s", 0.0))
+        rates["engine"], rates["tokens_per_s"] = best, rates[best]["tokens_per_s"]
+        Path(args.json).write_text(json.dumps(rates, indent=1) + "\n")
     if args.compare_generate:
         tg = time_generate(theta_hf, tok, probs, scfg)
         print(

@@ -25,6 +25,12 @@ def run_pipeline(
         "--verify",
         help="Check committed outputs by sha256, not only sizes, before skipping them (verify=sha256).",
     ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        help="Stages run side by side, each with cores/N threads; their output goes to <run_dir>/logs (jobs=N).",
+    ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the pipeline config."),
 ) -> None:
     """Run benchmark, prepare, sft, sample, execute, annotate, phi, theta, rank, evaluate and report.
@@ -47,6 +53,8 @@ def run_pipeline(
         extra.append(f"run_dir={run_dir}")
     if verify:
         extra.append("verify=sha256")
+    if jobs is not None:
+        extra.append(f"jobs={jobs}")
     cfg = load_config(PipelineConfig, config, extra)
     storage.check_output_root(cfg.run_dir)  # a file or a read-only place: one line, nothing written
     if storage.is_s3(cfg.run_dir):
@@ -77,6 +85,40 @@ def _publish_report(cfg, out: str) -> None:
         report = write_report(cfg, out_dir=path)
     typer.echo(report.summary)
     typer.echo(f"report: {out}/{report_name(cfg)}.md")
+
+
+@pipeline_app.command("seeds")
+def seeds_cmd(
+    run_dirs: list[str] = typer.Argument(..., help="Run directories of one setup (e.g. seeds 0, 1, 2)."),
+) -> None:
+    """Print the headline numbers of several runs as mean ± sd, range and each run's value.
+
+    Each run is read from its own pipeline.yaml and evaluation reports (nothing in it is written):
+    bcoder pipeline run --config configs/demo.yaml --run-dir runs/demo-seed1 seed=1, then
+    bcoder pipeline seeds runs/demo runs/demo-seed1 runs/demo-seed2.
+    """
+    import tempfile
+
+    from bcoder_core import storage
+    from bcoder_core.config import load_config
+    from bcoder_core.errors import BcoderError
+    from bcoder_core.pipeline import PipelineConfig
+    from bcoder_core.report import seeds_table, write_report
+
+    reports, labels = [], []
+    for run in run_dirs:
+        text = storage.read_text(storage.join(run, "pipeline.yaml"))
+        if text is None:
+            raise BcoderError(f"{run}: no pipeline.yaml; not a pipeline run directory")
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_path = Path(tmp) / "pipeline.yaml"
+            cfg_path.write_text(text)
+            cfg = load_config(PipelineConfig, cfg_path, [f"run_dir={run}"])
+            out = Path(tmp) / "report"
+            out.mkdir()
+            reports.append(write_report(cfg, out_dir=out))
+        labels.append(f"seed {cfg.seed}")
+    typer.echo(seeds_table(reports, labels))
 
 
 @pipeline_app.command("report")

@@ -50,6 +50,16 @@ def test_yaml_and_overrides(tmp_path):
         cfg.seed = 1  # type: ignore[misc]
 
 
+def test_an_unquoted_off_is_the_choice_off_not_a_bool(tmp_path):
+    # YAML 1.1 reads `off` as false; a Literal field with the choice "off" takes it as written.
+    cfg = load_config(SFTConfig, _write(tmp_path, "length_bucketing: off\n"), ["output=o", "problems=p"])
+    assert cfg.length_bucketing == "off"
+    cfg = load_config(SFTConfig, None, ["output=o", "problems=p", "length_bucketing=off"])
+    assert cfg.length_bucketing == "off"
+    with pytest.raises(ConfigError, match="length_bucketing must be one of"):
+        load_config(SFTConfig, None, ["output=o", "problems=p", "length_bucketing=true"])
+
+
 def test_int_accepted_for_float_and_optional(tmp_path):
     cfg = load_config(PhiConfig, None, ["output=o", "transitions=t", "gamma=1", "dropout=0"])
     assert cfg.gamma == 1.0 and isinstance(cfg.gamma, float)

@@ -104,6 +104,34 @@ def test_paired_gain_interval_brackets_the_mean() -> None:
     assert same["gain"] == same["lo"] == same["hi"] == 0.0
 
 
+def test_seeds_table_gives_mean_spread_and_each_run() -> None:
+    import numpy as np
+
+    from bcoder_core.report import Report, seeds_table
+
+    name = "B-Coder ranked − checkpoint unranked, pass@1"
+    runs = [
+        Report(
+            markdown_path=Path("r.md"),
+            summary="",
+            gains={name: {"gain": g, "lo": g - 0.05, "hi": g + 0.05}},
+            pass_at={"ckpt": {"unranked": p}},
+            value={"v_last": np.float32(auc), "sum_ckpt_adv": 0.8},  # as value_discrimination gives it
+        )
+        for g, p, auc in ((0.10, 0.20, 0.50), (0.20, 0.25, 0.55), (0.30, 0.30, 0.60))
+    ]
+    runs[2].value["sum_ckpt_adv"] = float("nan")  # no problem with passing and failing programs
+    table = seeds_table(runs, ["seed 0", "seed 1", "seed 2"]).splitlines()
+    assert table[0] == "| quantity | mean ± sd | range | seed 0 | seed 1 | seed 2 |"
+    assert f"| {name} | +20.0 ± 10.0 | +10.0 … +30.0 | +10.0 | +20.0 | +30.0 |" in table
+    assert "| pass@1 Checkpoint (sft), unranked | 25.0 ± 5.0 | 20.0 … 30.0 | 20.0 | 25.0 | 30.0 |" in table
+    assert (
+        "| V_φ within-problem AUC, last state | 0.550 ± 0.050 | 0.500 … 0.600 | 0.500 | 0.550 | 0.600 |"
+        in table
+    )
+    assert "| Σ A_ckpt AUC | 0.800 ± 0.000 | 0.800 … 0.800 | 0.800 | 0.800 | — |" in table
+
+
 @pytest.mark.slow
 def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -150,6 +178,14 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
         history = json.loads((run_dir / stage / "final" / "history.json").read_text())
         assert history and all("step" in h for h in history)
 
+    # The seeds summary reads runs without writing into them: one run twice has no spread.
+    before = sorted(p.name for p in run_dir.iterdir())
+    seeds = _bcoder("pipeline", "seeds", str(run_dir), str(run_dir), cwd=REPO)
+    assert seeds.returncode == 0, seeds.stderr[-2000:]
+    gain_rows = [x for x in seeds.stdout.splitlines() if "checkpoint unranked, pass@1" in x]
+    assert gain_rows and all(" ± 0.0 |" in x for x in gain_rows)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
     # A second run finds every stage committed and redoes nothing.
     again = _bcoder("pipeline", "run", "--config", str(SMOKE), "--run-dir", str(run_dir), cwd=REPO)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -179,14 +215,20 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smoke-causal", "smoke-causal-lora"])
 def test_causal_smoke_pipelines_run_every_stage(tmp_path: Path, name: str) -> None:
-    """The smoke pipeline on a tiny Llama-family model, full fine-tuning and LoRA (CI runs both)."""
+    """The smoke pipeline on a tiny Llama-family model, full fine-tuning and LoRA (CI runs both);
+    the full one with two stages at a time (--jobs 2), each stage's output in its log."""
     preset = CAUSAL[name]
     run_dir = tmp_path / "run"
-    proc = _bcoder("pipeline", "run", "--config", str(preset), "--run-dir", str(run_dir), cwd=REPO)
+    jobs = ["--jobs", "2"] if name == "smoke-causal" else []
+    proc = _bcoder("pipeline", "run", "--config", str(preset), "--run-dir", str(run_dir), *jobs, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = load_config(PipelineConfig, preset, [f"run_dir={run_dir}"])
     for stage in plan(cfg):
         assert storage.exists(stage.output), stage.name
+        if jobs:
+            assert (
+                f"{stage.name}: done in" in proc.stdout and (run_dir / "logs" / f"{stage.name}.log").is_file()
+            )
     sft = json.loads((run_dir / "sft/final/config.json").read_text())
     assert sft["model_type"] == "llama"
     theta, phi = run_dir / "theta/final", run_dir / "phi/final"

@@ -3,21 +3,11 @@ FLOP formula and its Qwen2.5-1.5B shape are what the docstring says. No timing i
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
-from helpers.paths import REPO
+from helpers.paths import load_bench
 
-BENCH = REPO / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+_load = load_bench
 
 
 def test_gpu_lora_bench_tiny_cpu(capsys):

@@ -61,6 +61,28 @@ def test_greedy_samples_equal_the_reference_loop(model_dir, tok, problems):
     assert all(r["engine_version"].startswith("ctranslate2-") for r in fast)
 
 
+def test_converted_model_gives_the_reference_log_probabilities(model_dir, tok, problems):
+    """The whole next-token distribution, not only its argmax: CTranslate2's log-probabilities of a
+    program equal the HF model's (a θ whose head were scaled by d_model^-0.5, as CTranslate2 does
+    for a tied T5, samples near uniform yet decodes greedily the same)."""
+    from bcoder_core.model.t5 import FAMILY
+    from bcoder_core.rl.sampling import load_theta
+
+    engine = CTranslate2Engine(str(model_dir), "cpu", "fp32")
+    translator = ct2.Translator(str(engine.converted), device="cpu", compute_type="float32")
+    hf = load_theta(str(model_dir), device="cpu", dtype="fp32")
+    prompt = FAMILY.prompt_ids(problems[0], tok, 600, "completion")
+    program = tok("n = int(input())\nprint(n * 2)", add_special_tokens=False)["input_ids"][:12]
+    target = [*program, int(tok.eos_token_id)]
+    scored = translator.score_batch([[str(t) for t in prompt]], [[str(t) for t in program]])[0]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([prompt]), labels=torch.tensor([target])).logits[0]
+    want = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(target)[:, None])[:, 0]
+    got = torch.tensor(scored.log_probs)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
+
+
 def test_sampling_is_reproducible_and_uses_the_settings(model_dir, tok, problems):
     cfg = SamplingConfig(num_samples=3, temperature=0.8, top_p=0.95, max_new_tokens=16, batch_size=4, seed=7)
     engine = CTranslate2Engine(str(model_dir), "cpu", "fp32")

@@ -175,12 +175,21 @@ def test_bench_sample_rank_runs(tmp_path):
         "6",
         "--repeat",
         "1",
+        "--engines",
+        "--json",
+        str(tmp_path / "sample.json"),
     ]
     run = subprocess.run(
         [sys.executable, str(bench), *args], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr
-    assert "ratio rank/sample = " in run.stdout
+    assert "ratio rank/sample = " in run.stdout and "tokens/s reference / ctranslate2 = " in run.stdout
+    rates = json.loads((tmp_path / "sample.json").read_text())
+    assert rates["device"] == "cpu" and rates["engine"] in ("reference", "ctranslate2")
+    assert rates["tokens_per_s"] == max(
+        rates["reference"]["tokens_per_s"], rates["ctranslate2"]["tokens_per_s"]
+    )
+    assert rates["rank"]["rank_over_sample"] > 0
 
 
 def test_rank_in_shards_scores_each_sample_once(tmp_path, world):

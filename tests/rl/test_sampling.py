@@ -199,6 +199,8 @@ def test_cli_sample_writes_samples_jsonl(tmp_path, model, tok, problems):
         "10",
         "--seed",
         "3",
+        "--engine",  # the reference loop: a sample is the same however the problems are sharded
+        "reference",
     ]
     run = subprocess.run(
         [*base, "--out", str(tmp_path / "s.jsonl"), *opts], capture_output=True, text=True, env=env
