@@ -63,11 +63,12 @@ class SamplingConfig(ModelPassConfig):
     """Programs decoded together."""
     seed: int = 0
     """Seed of the per-sample random streams: each (problem, sample) has its own stream."""
-    engine: Literal["auto", "reference", "ctranslate2"] = "auto"
-    """Sampling engine (``rl/engines.py``): auto (the fastest available for the model: CTranslate2
-    for a T5 when installed, else the reference loop), reference (the KV-cache loop; per-sample
-    random streams, the same programs however the problems are sharded or batched), or ctranslate2
-    (T5, CPU/GPU; converted once per θ and cached; seeded once per run)."""
+    engine: Literal["auto", "reference", "ctranslate2"] = "reference"
+    """Sampling engine (``rl/engines.py``): reference (the KV-cache loop; per-sample random streams,
+    the same programs however the problems are sharded or batched), ctranslate2 (T5, CPU/GPU;
+    converted once per θ and cached; seeded once per run; faster on CPU for a small vocabulary,
+    slower for CodeT5's 32k: measure yours with bench/bench_sample_rank.py --engines), or auto
+    (CTranslate2 for a T5 when installed, else the reference loop)."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16."""
 

@@ -17,13 +17,15 @@ program's text is cut the same way whatever generated it.
   are the model's (θ's untied head unscaled: see ``_Converter``) and greedy decoding (T = 0) gives
   the reference loop's programs.
 
-**Decision — the default is ``auto``**: CTranslate2 for a T5 (when installed), the reference loop
-otherwise. On the demo's T5 (2M parameters, the test split, m = 8, T = 0.8, 1 thread, the machine
-shared with one other job) CTranslate2 samples 3,040 tokens/s against the reference loop's 1,980
-(reference / CTranslate2 = 0.65; `bcoder sample --engine E` on `runs/demo/sft/final`), so the demo
-uses it. Pass ``--engine reference`` for samples that do not depend on batching or sharding (each
-(problem, sample) its own random stream). vLLM for causal LMs on GPU is not wired in: it needs a
-CUDA machine to build and test against.
+**Decision — the default stays ``reference``; the demo picks ``ctranslate2``.** Which engine is
+faster depends on the model: on the demo's T5 (2M parameters, 1,024-token vocabulary; the test split,
+m = 8, T = 0.8, 1 thread) CTranslate2 samples 3,040 tokens/s against the reference loop's 1,980
+(reference / CTranslate2 = 0.65), so ``configs/demo.yaml`` sets it; on a random 23.8M T5 with
+CodeT5's 32,100-token vocabulary (``bench/bench_sample_rank.py --engines``, 2 threads) it is the other
+way round, 371 against 729 tokens/s (its top-p over the whole vocabulary, every step). The reference
+loop is also the engine whose samples do not depend on batching or sharding. ``auto`` picks
+CTranslate2 for a T5. GPU rates are unmeasured (``bench/gpu_all.sh``). vLLM for causal LMs on GPU is
+not wired in: it needs a CUDA machine to build and test against.
 """
 
 from __future__ import annotations
