@@ -385,27 +385,27 @@ def seeds_table(reports: Sequence[Report], labels: Sequence[str]) -> str:
     standard deviation, range and each run's value, in points (AUCs as they are)."""
     import statistics
 
-    rows: list[tuple[str, list[float | None], float]] = []
+    # (name, one value per run, scale, format): gains signed points, pass@k points, AUCs as they are
+    rows: list[tuple[str, list[float | None], float, str]] = []
     first = reports[0]
     for name in first.gains:
-        rows.append((name, [r.gains.get(name, {}).get("gain") for r in reports], 100.0))
+        rows.append((name, [r.gains.get(name, {}).get("gain") for r in reports], 100.0, "{:+.1f}"))
     for m, metrics in first.pass_at.items():
         for metric in metrics:
             label = f"pass@{first.k1} {METHOD_NAMES.get(m, m)}, {metric}"
-            rows.append((label, [r.pass_at.get(m, {}).get(metric) for r in reports], 100.0))
+            rows.append((label, [r.pass_at.get(m, {}).get(metric) for r in reports], 100.0, "{:.1f}"))
     if first.value is not None:
         for key, what in (("v_last", "V_φ within-problem AUC, last state"), ("sum_ckpt_adv", "Σ A_ckpt AUC")):
-            rows.append((what, [r.value.get(key) if r.value else None for r in reports], 1.0))
+            rows.append((what, [r.value.get(key) if r.value else None for r in reports], 1.0, "{:.3f}"))
     head = [
         "| quantity | mean ± sd | range | " + " | ".join(labels) + " |",
         "|---|---|---|" + "---|" * len(labels),
     ]
     lines = []
-    for name, vals, scale in rows:
+    for name, vals, scale, fmt in rows:
         # numpy scalars: statistics needs floats; NaN (an AUC with no mixed problem) counts as missing
         vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in vals]
         xs = [v * scale for v in vals if v is not None]
-        fmt = "{:+.1f}" if "−" in name else ("{:.1f}" if scale != 1.0 else "{:.3f}")
         if not xs:
             continue
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -135,18 +135,6 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     return _call("mount", enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
 
 
-def vm_size_bytes() -> int:
-    """This process's virtual memory size (the base of the programs' address-space limit)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 256 * 1024 * 1024
-
-
 # ------------------------------------------------------------------------------------------ boundary
 
 

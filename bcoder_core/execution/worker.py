@@ -514,7 +514,7 @@ class Worker:
         self.sources = zygote.sources()
         # A cgroup, where there is one to have, bounds everything the worker and its programs hold: the
         # worker itself, the zygote, one program at a time (its processes, its tmpfs files), some slack.
-        cgroup_limit = sandbox.vm_size_bytes() + (self.settings.memory_mb + 64) * 1024 * 1024
+        cgroup_limit = zygote.vm_size_bytes() + (self.settings.memory_mb + 64) * 1024 * 1024
         self.isolation = sandbox.setup_worker(
             tmp_size_mb=self.tmp_mb, memory_limit_bytes=cgroup_limit, fs_overlay=self.settings.fs_overlay
         )

@@ -129,6 +129,7 @@ def _prctl_fn():
 
 
 def vm_size_bytes() -> int:
+    """This process's virtual memory size (the base of the programs' address-space limit)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
