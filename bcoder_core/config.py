@@ -260,9 +260,10 @@ class SFTConfig(TrainConfig):
 
 def _check_rl(cfg: PhiConfig | ThetaConfig) -> None:
     """The checks the two RL stages share: γ ∈ (0, 1] (γ = 0 makes every target the bare reward and
-    the bounds of DESIGN §2.3 divide by 1 − γ), ρ_real ∈ [0, 1]."""
+    the bounds of DESIGN §2.3 divide by 1 − γ), ρ_real ∈ [0, 1], a cache budget ≥ 0."""
     check(0 < cfg.gamma <= 1, "gamma", f"must lie in (0, 1] (got {cfg.gamma})")
     check(0 <= cfg.rho_real <= 1, "rho_real", f"must lie in [0, 1] (got {cfg.rho_real})")
+    check(cfg.encoder_cache_mb >= 0, "encoder_cache_mb", f"must be >= 0 (got {cfg.encoder_cache_mb})")
     check(bool(cfg.transitions), "transitions", "must be set (the store `bcoder annotate` wrote)")
     # phi and theta train on the token ids already in the store, made with model.init's tokenizer.
     check(
@@ -282,6 +283,10 @@ class PhiConfig(TrainConfig):
     """Discount factor."""
     rho_real: float = 0.5
     """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+    encoder_cache_mb: int = 1024
+    """Keep the frozen encoder's states of every prompt for the whole run, each prompt encoded once
+    (T5; DESIGN §2.6), if the store's prompts fit in this many MiB (fp32 states); else, and with 0,
+    every batch runs the encoder."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -310,6 +315,10 @@ class ThetaConfig(TrainConfig):
     """Policy temperature alpha of the energy-based policy."""
     rho_real: float = 0.5
     """Fraction of ground-truth programs in every batch (DESIGN §2.7)."""
+    encoder_cache_mb: int = 1024
+    """Keep the frozen encoder's states of every prompt for the whole run, each prompt encoded once
+    (T5; DESIGN §2.6), if the store's prompts fit in this many MiB (fp32 states); else, and with 0,
+    every batch runs the encoder."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -334,7 +334,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         *_fan_out(
             Stage(
                 "annotate-phi",
-                annotate(f"{run}/transitions-phi", ["--phi", phi_model]),
+                # the checkpoint's columns are the first pass's: only φ runs again
+                annotate(
+                    f"{run}/transitions-phi", ["--phi", phi_model, "--columns-from", f"{run}/transitions"]
+                ),
                 f"{run}/transitions-phi",
             ),
             annotate_n,

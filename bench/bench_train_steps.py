@@ -12,6 +12,9 @@ weights, and times full training steps (loss, backward, AdamW) of
 
 on the same batch in one run (the three stages' steps interleaved round by round, so that load on
 a shared machine hits them alike), and prints the ratios phi/sft and theta/sft (target ≤ 1.0).
+It also times phi and theta with the encoder cache of the training loops warm (``phi+cache``,
+``theta+cache``: the batch's prompt states read, not computed; ``train/encoder_cache.py``) and
+prints their ratios to the uncached steps.
 
     python bench/bench_train_steps.py            # mid shape, batch 4 x (128 + 128) tokens
     python bench/bench_train_steps.py --tiny     # seconds (what the tests run)
@@ -52,8 +55,10 @@ during backward, the batch, allocator caching: a lower bound of the peak, the sa
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_step_bench import build, build_causal, held_memory, make_batch, time_steps
+
+from bcoder_core.rl.transitions import prompt_key
 
 _LAYOUT = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 CAUSAL_MID = {
@@ -123,16 +130,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     t5 = random_t5(config, seed=0)  # every stage starts from a copy of the same weights
     built = {stage: build(stage, config, device, t5) for stage in stages}
+    for stage in ("phi", "theta"):  # the same steps, their prompts' encoder states cached
+        built[f"{stage}+cache"] = cached(*build(stage, config, device, t5))
+    data["prompt_keys"] = tuple(prompt_key(row.tolist()) for row in data["input_ids"].cpu())
     times = interleaved(built, data, warmup, steps)
     # The fastest round: interference from other processes only ever adds time.
     seconds = {stage: min(ts) for stage, ts in times.items()}
-    for stage in stages:
-        n_train = sum(p.numel() for p in built[stage][0].trainable_parameters(stage))
-        print(f"{stage:>5}: {seconds[stage] * 1e3:9.1f} ms/step  ({n_train / 1e6:.1f}M trainable parameters)")
+    for stage in built:
+        n_train = sum(p.numel() for p in built[stage][0].trainable_parameters(stage.partition("+")[0]))
+        print(
+            f"{stage:>11}: {seconds[stage] * 1e3:9.1f} ms/step  ({n_train / 1e6:.1f}M trainable parameters)"
+        )
     ratios = {f"{s}/sft": seconds[s] / seconds["sft"] for s in ("phi", "theta")}
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}  (target <= 1.0)")
+    for s in ("phi", "theta"):
+        ratios[f"{s}+cache/{s}"] = seconds[f"{s}+cache"] / seconds[s]
+        print(f"{s}+cache/{s}: {ratios[f'{s}+cache/{s}']:.2f}  (the encoder's share of a step, saved)")
     return ratios
+
+
+def cached(model: Any, loss_fn: Any, optimizer: Any) -> tuple[Any, Any, Any]:
+    """A built stage whose loss reads the prompts' encoder states from a warm EncoderCache."""
+    from bcoder_core.train.encoder_cache import EncoderCache
+
+    cache = EncoderCache()
+    return model, functools.partial(loss_fn, encoder_cache=cache), optimizer
 
 
 def main_causal(args: argparse.Namespace) -> dict[str, float]:

@@ -34,6 +34,12 @@ PARAMS = [
         required=True,
     ),
     SHARD,
+    Param(
+        "columns_from",
+        ("--columns-from",),
+        "A store of the same programs annotated before with the same --model: copy its ckpt_adv "
+        "and ckpt_greedy instead of running θ_ckpt again (with --phi only φ runs).",
+    ),
     PROGRESS,
 ]
 NO_GROUND_TRUTH = Flag(

@@ -90,12 +90,16 @@ def _publish_report(cfg, out: str) -> None:
 @pipeline_app.command("seeds")
 def seeds_cmd(
     run_dirs: list[str] = typer.Argument(..., help="Run directories of one setup (e.g. seeds 0, 1, 2)."),
+    eval_split: str = typer.Option(
+        "test", "--eval-split", help="Whose evaluation to read: test or val (a run may hold both)."
+    ),
 ) -> None:
     """Print the headline numbers of several runs as mean ± sd, range and each run's value.
 
-    Each run is read from its own pipeline.yaml and evaluation reports (nothing in it is written):
-    bcoder pipeline run --config configs/demo.yaml --run-dir runs/demo-seed1 seed=1, then
-    bcoder pipeline seeds runs/demo runs/demo-seed1 runs/demo-seed2.
+    Each run is read from its own pipeline.yaml and evaluation reports of --eval-split (nothing in
+    it is written): bcoder pipeline run --config configs/demo.yaml --run-dir runs/demo-seed1 seed=1,
+    then bcoder pipeline seeds runs/demo runs/demo-seed1 runs/demo-seed2. A run evaluated on val too
+    (eval_split=val) keeps its test reports; --eval-split picks, not the run's last pipeline.yaml.
     """
     import tempfile
 
@@ -113,11 +117,12 @@ def seeds_cmd(
         with tempfile.TemporaryDirectory() as tmp:
             cfg_path = Path(tmp) / "pipeline.yaml"
             cfg_path.write_text(text)
-            cfg = load_config(PipelineConfig, cfg_path, [f"run_dir={run}"])
+            cfg = load_config(PipelineConfig, cfg_path, [f"run_dir={run}", f"eval_split={eval_split}"])
             out = Path(tmp) / "report"
             out.mkdir()
             reports.append(write_report(cfg, out_dir=out))
         labels.append(f"seed {cfg.seed}")
+    typer.echo(f"{cfg.eval_split} split, {len(reports)} runs\n")
     typer.echo(seeds_table(reports, labels))
 
 

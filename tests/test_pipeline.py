@@ -13,7 +13,7 @@ from helpers.paths import REPO
 
 from bcoder_core import storage
 from bcoder_core.config import load_config
-from bcoder_core.pipeline import PipelineConfig, plan
+from bcoder_core.pipeline import PipelineConfig, inputs_of, plan
 from bcoder_core.report import paired_gain
 
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -184,7 +184,11 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert seeds.returncode == 0, seeds.stderr[-2000:]
     gain_rows = [x for x in seeds.stdout.splitlines() if "checkpoint unranked, pass@1" in x]
     assert gain_rows and all(" ± 0.0 |" in x for x in gain_rows)
+    assert seeds.stdout.startswith("test split, 2 runs")
     assert sorted(p.name for p in run_dir.iterdir()) == before
+    # the split is asked for, not taken from the run's last pipeline.yaml: no val evaluation here
+    val = _bcoder("pipeline", "seeds", "--eval-split", "val", str(run_dir), cwd=REPO)
+    assert val.returncode != 0 and val.stderr.startswith("error:") and "\n" not in val.stderr.strip()
 
     # A second run finds every stage committed and redoes nothing.
     again = _bcoder("pipeline", "run", "--config", str(SMOKE), "--run-dir", str(run_dir), cwd=REPO)
@@ -275,6 +279,10 @@ def test_apps_description_loads_and_plans_the_paper_run() -> None:
     ]
     phi_args = next(s for s in stages if s.name == "phi").argv
     assert "transitions=s3://bcoder/runs/apps/transitions" in phi_args  # the parts, read as one store
+    # the V_phi pass copies the checkpoint's columns from the first pass (shard I reads part I)
+    for step in (s for s in stages if s.group == "annotate-phi"):
+        assert step.argv[step.argv.index("--columns-from") + 1] == "s3://bcoder/runs/apps/transitions"
+        assert "annotate" in {d.group for d in inputs_of(step, stages)}
     assert next(s for s in stages if s.name == "phi").argv[3] == "configs/train/phi-apps.yaml"
 
 

@@ -340,8 +340,82 @@ def autocast_context(device, dtype: str):
     raise BcoderError(f"--dtype {dtype!r}: expected auto, fp32 or bf16")
 
 
-def annotate_batch(model, batch: list[_Item], prompt_of, pad_id: int, device, alpha: float) -> dict[str, Any]:
-    """One teacher-forced pass: the columns [B,T] of ``batch`` (numpy, padding included)."""
+class ReusedColumns:
+    """The checkpoint's columns (``ckpt_adv``, ``ckpt_greedy``) of an earlier annotation of the same
+    programs (``--columns-from``), so that the pass that adds ``v_phi`` runs the φ decoder only, not
+    θ_ckpt's decoder a second time.
+
+    A program is found by (problem, ground truth or generated, sample index). The store must have
+    been annotated with the same checkpoint and α, and each program's tokens must be the stored
+    ones; otherwise (other samples, tokenizer or settings) annotate stops with one error.
+    """
+
+    def __init__(self, uri: str, *, model: str, alpha: float) -> None:
+        from bcoder_core.rl.transitions import open_store
+
+        self.uri = uri
+        self.store = open_store(uri)
+        meta = self.store.metadata
+        if meta.get("model") != model:
+            raise BcoderError(
+                f"annotate: --columns-from {uri} was annotated with model {meta.get('model')}, not {model}"
+            )
+        if float(meta.get("alpha", 1.0)) != alpha:
+            raise BcoderError(
+                f"annotate: --columns-from {uri} has alpha {meta.get('alpha', 1.0)}, --alpha is {alpha}"
+            )
+        self.where = {key: i for i, key in enumerate(self.store.record_keys())}
+
+    def columns(self, batch: list[_Item], problems: Sequence[Any], width: int) -> dict[str, np.ndarray]:
+        """The stored columns of ``batch``'s programs, [B, width] (padding 0)."""
+        adv = np.zeros((len(batch), width), dtype=np.float32)
+        greedy = np.zeros((len(batch), width), dtype=np.int32)
+        keys = [(problems[it.problem].id, it.is_gt, int(it.sample_id)) for it in batch]
+        missing = [k for k in keys if k not in self.where]
+        if missing:
+            pid, gt, sid = missing[0]
+            raise BcoderError(
+                f"annotate: --columns-from {self.uri} has no {'reference solution' if gt else 'sample'} "
+                f"{sid} of problem {pid} (annotated from other programs?)"
+            )
+        for b, (it, rec) in enumerate(
+            zip(batch, self.store.get_many([self.where[k] for k in keys]), strict=True)
+        ):
+            if not np.array_equal(rec.program_ids, it.ids):
+                raise BcoderError(
+                    f"annotate: --columns-from {self.uri}: program {keys[b][2]} of problem {keys[b][0]} "
+                    "has other tokens than the stored one (another tokenizer or settings?)"
+                )
+            adv[b, : rec.num_tokens] = rec.ckpt_adv
+            greedy[b, : rec.num_tokens] = rec.ckpt_greedy
+        return {"ckpt_adv": adv, "ckpt_greedy": greedy}
+
+
+def _own_part(uri: str, shard: tuple[int, int]) -> str:
+    """Shard I/N of a pass reads only part I of N of a store of parts made with the same shards (on
+    S3 the other parts are not downloaded); else the whole store."""
+    from bcoder_core import storage
+    from bcoder_core.rl.transitions import part_name
+    from bcoder_core.shards import WHOLE
+
+    if shard != WHOLE:
+        part = storage.join(uri, part_name(shard))
+        if storage.exists(part):
+            return part
+    return uri
+
+
+def annotate_batch(
+    model,
+    batch: list[_Item],
+    prompt_of,
+    pad_id: int,
+    device,
+    alpha: float,
+    reused: tuple[ReusedColumns, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """One teacher-forced pass: the columns [B,T] of ``batch`` (numpy, padding included); with
+    ``reused`` (the columns' source and the problems) the checkpoint's columns are read, not computed."""
     import torch
 
     from bcoder_core.rl.losses import ckpt_columns
@@ -349,10 +423,17 @@ def annotate_batch(model, batch: list[_Item], prompt_of, pad_id: int, device, al
     labels = label_batch([it.ids for it in batch]).to(device)
     with torch.no_grad():
         enc, am = encode_shared(model, [it.problem for it in batch], prompt_of, pad_id, device)
-        logits = model.ckpt_logits(enc, am, labels)
-        adv, greedy = ckpt_columns(logits, labels, alpha)
-        del logits
-        out = {"ckpt_adv": adv.float().cpu().numpy(), "ckpt_greedy": greedy.cpu().numpy().astype(np.int32)}
+        if reused is None:
+            logits = model.ckpt_logits(enc, am, labels)
+            adv, greedy = ckpt_columns(logits, labels, alpha)
+            del logits
+            out = {
+                "ckpt_adv": adv.float().cpu().numpy(),
+                "ckpt_greedy": greedy.cpu().numpy().astype(np.int32),
+            }
+        else:
+            source, problems = reused
+            out = source.columns(batch, problems, labels.shape[1])
         if model.has_phi:
             out["v_phi"] = model.phi_values(enc, am, labels).float().cpu().numpy()
     return out
@@ -369,15 +450,17 @@ def annotate_items(
     device,
     dtype: str = "fp32",
     progress=None,
+    reused: ReusedColumns | None = None,
 ) -> Iterator[Transition]:
     """Transition records of ``items`` (in the order of their sorted windows)."""
     with_phi = model.has_phi
+    source = None if reused is None else (reused, problems)
     by = batch_order_for(model)
     for batch in windows(
         items, cfg.batch_size, cfg.window_batches, by=by, prompt_len=lambda k: len(prompt_of(k))
     ):
         with autocast_context(device, dtype):
-            cols = annotate_batch(model, batch, prompt_of, pad_id, device, cfg.alpha)
+            cols = annotate_batch(model, batch, prompt_of, pad_id, device, cfg.alpha, source)
         for b, it in enumerate(batch):
             t = len(it.ids)
             yield Transition(
@@ -432,6 +515,7 @@ def run_annotate(
     results: str | None = None,
     progress: bool = True,
     shard: str | None = None,
+    columns_from: str | None = None,
 ) -> AnnotateSummary:
     """The ``bcoder annotate`` stage (module docstring).
 
@@ -439,6 +523,10 @@ def run_annotate(
     samples; ``out`` is then part I of N of one store (``.../part-I-of-N``, see
     ``bcoder_core.rl.transitions``). A shard may hold no programs (more pods than problems): its
     part is an empty store, so that the N parts are still complete.
+
+    ``columns_from``: a store of the same programs annotated before with the same ``model`` (the
+    first pass); its ``ckpt_adv`` and ``ckpt_greedy`` are copied (:class:`ReusedColumns`), so that
+    a pass with ``phi`` runs only φ's decoder.
     """
     from bcoder_core import storage
     from bcoder_core.model.family import get_family
@@ -468,6 +556,9 @@ def run_annotate(
     if n_gt + n_samples == 0 and not sharded:
         raise BcoderError(f"annotate: no programs: {problems} has no solutions and no samples were given")
 
+    reused = None
+    if columns_from is not None:
+        reused = ReusedColumns(_own_part(columns_from, shard_spec), model=model, alpha=cfg.alpha)
     model_dir = resolve_model_dir(model)
     tok = load_tokenizer_for(model_dir, tokenizer)
     dev = pick_device(device)
@@ -496,6 +587,7 @@ def run_annotate(
         "samples": samples,
         "results": results,
         "shard": list(shard_spec),
+        "columns_from": columns_from,
         **asdict(cfg),
     }
     bar = progress_bar(n_gt + n_samples, "annotate", progress)
@@ -531,6 +623,7 @@ def run_annotate(
                     device=dev,
                     dtype=dtype,
                     progress=bar,
+                    reused=reused,
                 ):
                     writer.add(rec)
                     summary.tokens += rec.num_tokens

@@ -217,12 +217,16 @@ def _batch(batch: dict[str, Any], *names: str) -> list[Tensor]:
     return [batch[n] for n in names]
 
 
-def _encode(m: Any, batch: dict[str, Any]) -> Tensor:
-    """The frozen encoder's states: the batch's precomputed ``enc`` [B,S,d] if present, else encoded now."""
+def _encode(m: Any, batch: dict[str, Any], encoder_cache: Any = None) -> Tensor:
+    """The frozen encoder's states: the batch's precomputed ``enc`` [B,S,d] if present, else from
+    ``encoder_cache`` (``train.encoder_cache``: each prompt encoded once per run) when the batch
+    names its prompts (``prompt_keys``), else encoded now."""
     enc = batch.get("enc")
     if enc is not None:
         return enc
     input_ids, attention_mask = _batch(batch, "input_ids", "attention_mask")
+    if encoder_cache is not None and "prompt_keys" in batch:
+        return encoder_cache.encode(m, input_ids, attention_mask, batch["prompt_keys"])
     return m.encode(input_ids, attention_mask)
 
 
@@ -244,14 +248,14 @@ def sft_loss(model: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float
 
 
 def phi_loss(
-    model: Any, batch: dict[str, Any], gamma: float, r_max: float = R_MAX
+    model: Any, batch: dict[str, Any], gamma: float, r_max: float = R_MAX, encoder_cache: Any = None
 ) -> tuple[Tensor, dict[str, float]]:
     """L_V(φ) of DESIGN §2.4 (paper Eq. 12): TD regression of Q_φ = A_ckpt + V_φ."""
     m = _core(model)
     attention_mask, labels, reward, ckpt_adv = _batch(batch, "attention_mask", "labels", "reward", "ckpt_adv")
     masks = token_masks(labels, reward)
     _check_contiguous(labels, masks)
-    enc = _encode(m, batch)
+    enc = _encode(m, batch, encoder_cache)
     u_phi = m.phi_values(enc, attention_mask, labels).float()
     v = bound(u_phi, r_max)
     q = ckpt_adv.float() + v
@@ -280,6 +284,7 @@ def theta_loss(
     alpha: float = 1.0,
     r_max: float = R_MAX,
     beta_q: float = 1.0,
+    encoder_cache: Any = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """L_ft = β_q·L_Q + β_adv·L_adv + β_ce·L_ce of DESIGN §2.5 (paper Eq. 8, 15, 17).
 
@@ -293,7 +298,7 @@ def theta_loss(
     _check_contiguous(labels, masks)
     mask, nxt = masks["mask"], masks["next"]
     gt = mask & is_gt.bool()[:, None]
-    enc = _encode(m, batch)
+    enc = _encode(m, batch, encoder_cache)
     logits, u_r = m.theta_outputs(enc, attention_mask, labels)
     l_a, l_g, l_max, lse = token_logit_stats(
         logits, masks["safe"], greedy.masked_fill(~mask, 0), need_lse=beta_ce != 0.0

@@ -534,6 +534,33 @@ class TransitionStore:
             self._lengths = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
         return self._lengths
 
+    def record_keys(self) -> list[tuple[str, bool, int]]:
+        """(problem id, ground truth?, sample id) of every record in order, from the shards' small
+        arrays (no token array is read)."""
+        out: list[tuple[str, bool, int]] = []
+        for k in range(self.num_shards):
+            sh = self._shard(k)
+            problems = [sh.problem_ids[int(j)] for j in sh.prompt_index]
+            out.extend(zip(problems, sh.is_gt.astype(bool).tolist(), sh.sample_id.tolist(), strict=True))
+        return out
+
+    def prompt_token_count(self) -> int:
+        """Tokens of the store's distinct prompts, shard by shard (each shard keeps a prompt once; a
+        prompt in several shards counts once for each), from the offsets alone."""
+        from safetensors import SafetensorError, safe_open
+
+        total = 0
+        for s in self._shard_info:
+            path = self._file(s)
+            try:
+                with safe_open(str(path), framework="np") as f:
+                    offsets = f.get_tensor("prompt_offsets")
+            except (OSError, SafetensorError, KeyError) as exc:
+                raise _unreadable_shard(path, exc) from None
+            if len(offsets):
+                total += int(offsets[-1] - offsets[0])
+        return total
+
     def gt_indices(self) -> np.ndarray:
         return np.flatnonzero(self.is_gt_mask()).astype(np.int64)
 
@@ -673,13 +700,19 @@ def _joined_index(path: Path, indexes: list[dict[str, Any]]) -> dict[str, Any]:
 # Batches
 
 
+def prompt_key(prompt_ids: Any) -> bytes:
+    """A prompt's identity in a batch (``prompt_keys``): its token ids as int32 bytes, 4 a token."""
+    return np.ascontiguousarray(prompt_ids, dtype=np.int32).tobytes()
+
+
 def collate(records: Sequence[Transition], pad_id: int) -> dict[str, Any]:
     """The training batch of docs/architecture.md from records (right padding).
 
     ``input_ids``/``attention_mask`` [B,S] (prompts, padded with ``pad_id``/0), ``labels`` [B,T]
     (programs, padded with -100), ``reward`` [B] float32, ``is_gt`` [B] bool, ``ckpt_adv`` [B,T]
     float32 and ``ckpt_greedy`` [B,T] long (padded with 0), ``v_phi`` [B,T] float32 when every
-    record has it (padded with 0).
+    record has it (padded with 0), and ``prompt_keys``: each row's :func:`prompt_key` (a tuple, on
+    the host: what the phi and theta stages' encoder cache looks prompts up by).
     """
     import torch
 
@@ -718,4 +751,5 @@ def collate(records: Sequence[Transition], pad_id: int) -> dict[str, Any]:
     }
     if v_phi is not None:
         batch["v_phi"] = torch.from_numpy(v_phi)
+    batch["prompt_keys"] = tuple(prompt_key(r.prompt_ids) for r in records)
     return batch

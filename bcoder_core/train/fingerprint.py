@@ -44,7 +44,7 @@ EXEMPT = frozenset(
 )  # fmt: skip
 """Top-level keys (a section: all its keys) that do not change the weights (module docstring)."""
 
-BEFORE = {"length_bucketing": "off"}
+BEFORE = {"length_bucketing": "off", "encoder_cache_mb": 0}
 """Keys added to the config whose default is not what runs did before them: a checkpoint that does
 not record such a key ran with this value (not the default)."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bcoder_core.config import PhiConfig
 from bcoder_core.train import setup
+from bcoder_core.train.encoder_cache import cache_for_stage
 from bcoder_core.train.loading import mixed_sampler, store_prefetcher
 from bcoder_core.train.progress import Progress, TrainResult
 from bcoder_core.train.step import setup_training, train_step
@@ -55,8 +56,9 @@ def train_phi(cfg: PhiConfig) -> TrainResult:
                 **setup.model_options(cfg, info),
             )
 
-            # ---- loss, optimiser, schedule
-            loss_fn = functools.partial(phi_loss, gamma=cfg.gamma)
+            # ---- loss, optimiser, schedule (the frozen encoder's states kept per prompt, §2.6)
+            cache = cache_for_stage(model, store, cfg.encoder_cache_mb, STAGE)
+            loss_fn = functools.partial(phi_loss, gamma=cfg.gamma, encoder_cache=cache)
             parts = setup_training(model, loss_fn, STAGE, cfg, info)
 
             def write_model(path: Path) -> None:

@@ -22,6 +22,7 @@ from bcoder_core import storage
 from bcoder_core.config import ThetaConfig
 from bcoder_core.errors import BcoderError
 from bcoder_core.train import setup
+from bcoder_core.train.encoder_cache import cache_for_stage
 from bcoder_core.train.loading import mixed_sampler, store_prefetcher
 from bcoder_core.train.progress import Progress, TrainResult
 from bcoder_core.train.step import setup_training, train_step
@@ -78,7 +79,8 @@ def train_theta(cfg: ThetaConfig) -> TrainResult:
                 "beta_ce": cfg.beta_ce,
                 "alpha": cfg.alpha,
             }
-            loss_fn = functools.partial(theta_loss, gamma=cfg.gamma, **weights)
+            cache = cache_for_stage(model, store, cfg.encoder_cache_mb, STAGE)  # frozen encoder, §2.6
+            loss_fn = functools.partial(theta_loss, gamma=cfg.gamma, encoder_cache=cache, **weights)
             parts = setup_training(model, loss_fn, STAGE, cfg, info)
 
             def write_model(path: Path) -> None:

@@ -154,6 +154,61 @@ def test_reannotating_with_phi_adds_v_phi(tmp_path, world, tok):
     assert np.abs(np.concatenate([r.v_phi for r in with_phi])).max() > 0.1  # not the zero head
 
 
+def test_columns_from_the_first_pass_give_the_second_pass_and_skip_the_checkpoint(
+    tmp_path, world, monkeypatch
+):
+    """``--columns-from``: the pass with φ copies ckpt_adv / ckpt_greedy from the first pass's store
+    (sharded here, read whole) and runs no θ_ckpt decoder; the store equals a full second pass."""
+    from bcoder_core.model.t5 import T5QModel
+
+    for i in range(2):
+        _run(world, tmp_path / "first" / f"part-{i}-of-2", shard=f"{i}/2")
+    full = _run(world, tmp_path / "full", phi=str(world["phi"]))
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("the checkpoint's decoder ran")
+
+    monkeypatch.setattr(T5QModel, "ckpt_logits", no_checkpoint)
+    reused = _run(world, tmp_path / "reused", phi=str(world["phi"]), columns_from=str(tmp_path / "first"))
+    assert (reused.gt, reused.generated, reused.tokens) == (full.gt, full.generated, full.tokens)
+    a, b = TransitionStore(tmp_path / "full"), TransitionStore(tmp_path / "reused")
+    assert b.has_v_phi and len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert (x.problem_id, x.sample_id, x.is_gt, x.reward) == (
+            y.problem_id,
+            y.sample_id,
+            y.is_gt,
+            y.reward,
+        )
+        np.testing.assert_array_equal(x.program_ids, y.program_ids)
+        assert_close_f32(y.ckpt_adv, x.ckpt_adv)
+        np.testing.assert_array_equal(x.ckpt_greedy, y.ckpt_greedy)
+        np.testing.assert_array_equal(x.v_phi, y.v_phi)
+    manifest = json.loads((tmp_path / "reused" / "manifest.json").read_text())
+    assert manifest["config"]["columns_from"] == str(tmp_path / "first")
+
+    # shard I/N of the second pass reads only part I of N of the first (the others may be elsewhere)
+    import shutil
+
+    shutil.rmtree(tmp_path / "first" / "part-1-of-2")
+    part = _run(
+        world, tmp_path / "second-0", phi=str(world["phi"]), shard="0/2", columns_from=str(tmp_path / "first")
+    )
+    assert part.programs == len(TransitionStore(tmp_path / "first" / "part-0-of-2")) > 0
+
+
+def test_columns_from_a_store_of_other_programs_or_settings_is_refused(tmp_path, world):
+    first = tmp_path / "first"
+    _run(world, first, samples=None, results=None)  # reference solutions only
+    with pytest.raises(BcoderError, match=r"--columns-from .* has no sample 0 of problem") as err:
+        _run(world, tmp_path / "a", phi=str(world["phi"]), columns_from=str(first))
+    assert "\n" not in str(err.value) and not (tmp_path / "a").exists()
+    with pytest.raises(BcoderError, match=r"has alpha 1.0, --alpha is 0.5"):
+        _run(world, tmp_path / "b", columns_from=str(first), cfg=AnnotateConfig(batch_size=4, alpha=0.5))
+    with pytest.raises(BcoderError, match=r"was annotated with model .*, not elsewhere"):
+        _run(world, tmp_path / "c", columns_from=str(first), model="elsewhere")
+
+
 def test_ground_truth_only_and_generated_only(tmp_path, world):
     s = _run(world, tmp_path / "gt", samples=None, results=None)
     assert s.generated == 0 and TransitionStore(tmp_path / "gt").num_generated == 0

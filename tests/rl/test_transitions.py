@@ -148,6 +148,7 @@ def test_collate_pads_as_the_contract_says():
         "ckpt_adv",
         "ckpt_greedy",
         "v_phi",
+        "prompt_keys",
     }
     B, S, T = 3, max(len(r.prompt_ids) for r in recs), max(r.num_tokens for r in recs)
     assert b["input_ids"].shape == (B, S) and b["labels"].shape == (B, T)
@@ -164,6 +165,11 @@ def test_collate_pads_as_the_contract_says():
         assert b["v_phi"][k, t:].eq(0).all()
         np.testing.assert_array_equal(b["v_phi"][k, :t].numpy(), r.v_phi)
         assert bool(b["is_gt"][k]) == r.is_gt
+        # the prompt's identity for the encoder cache: its ids, 4 bytes each, on the host
+        assert (
+            b["prompt_keys"][k] == r.prompt_ids.astype(np.int32).tobytes()
+            and len(b["prompt_keys"][k]) == 4 * p
+        )
     assert "v_phi" not in collate([make_record(1)], pad_id=0)
 
 

@@ -44,8 +44,10 @@ def test_codet5_large_shape_counts():
 
 def test_bench_train_steps_tiny(capsys):
     ratios = _load("bench_train_steps").main(["--tiny"])
-    assert set(ratios) == {"phi/sft", "theta/sft"} and all(v > 0 for v in ratios.values())
-    assert "theta/sft:" in capsys.readouterr().out
+    assert set(ratios) == {"phi/sft", "theta/sft", "phi+cache/phi", "theta+cache/theta"}
+    assert all(v > 0 for v in ratios.values())
+    out = capsys.readouterr().out
+    assert "theta/sft:" in out and "theta+cache/theta:" in out
 
 
 def test_bench_train_steps_causal_tiny(capsys):
