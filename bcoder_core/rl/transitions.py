@@ -547,18 +547,10 @@ class TransitionStore:
     def prompt_token_count(self) -> int:
         """Tokens of the store's distinct prompts, shard by shard (each shard keeps a prompt once; a
         prompt in several shards counts once for each), from the offsets alone."""
-        from safetensors import SafetensorError, safe_open
-
         total = 0
-        for s in self._shard_info:
-            path = self._file(s)
-            try:
-                with safe_open(str(path), framework="np") as f:
-                    offsets = f.get_tensor("prompt_offsets")
-            except (OSError, SafetensorError, KeyError) as exc:
-                raise _unreadable_shard(path, exc) from None
-            if len(offsets):
-                total += int(offsets[-1] - offsets[0])
+        for k in range(self.num_shards):
+            offsets = self._shard(k).prompt_offsets
+            total += int(offsets[-1] - offsets[0]) if len(offsets) else 0
         return total
 
     def gt_indices(self) -> np.ndarray:

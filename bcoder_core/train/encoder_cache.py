@@ -33,7 +33,7 @@ class EncoderCache:
     def __init__(self) -> None:
         self.states: dict[bytes, Tensor] = {}
         self.hits = 0
-        """Rows whose prompt was already encoded (for the log and tests)."""
+        """Rows whose prompt was already encoded (diagnostics and tests)."""
         self.misses = 0
 
     def __len__(self) -> int:
